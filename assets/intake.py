@@ -1,0 +1,72 @@
+"""The manifest asset: a customer's manifest read from S3, validated, and normalised to a table."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+from dagster_aws.s3 import S3Resource
+
+from assets.partitions import manifests_partitions
+from resources.settings import PlatformSettings
+from tagging_platform import intake, models
+from tagging_platform.manifests import ManifestError, parse_manifest, split_s3_uri
+
+
+@dg.asset(
+    partitions_def=manifests_partitions,
+    group_name="intake",
+    io_manager_key="warehouse_io_manager",
+    kinds={"s3", "pandas"},
+    owners=["team:ml-platform"],
+    description="The images a manifest lists, validated, one row per image (image_uri, position).",
+)
+def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: PlatformSettings) -> dg.Output[pd.DataFrame]:
+    settings = platform.settings
+    client = s3.get_client()
+    record = intake.read_partition(client, settings.warehouse_bucket, context.partition_key)
+    response = client.get_object(Bucket=record["bucket"], Key=record["key"])
+    etag = response["ETag"].strip('"')
+    try:
+        parsed = parse_manifest(
+            response["Body"].read(),
+            record["manifest"],
+            allowed_image_prefixes=settings.allowed_image_prefixes,
+            allowed_output_prefixes=settings.allowed_output_prefixes,
+            max_images=settings.max_manifest_images,
+        )
+        model = models.resolve_model(client, settings.model_bucket, parsed.model) if parsed.model else None
+    except (ManifestError, models.ModelError) as exc:
+        _report_rejection(client, settings.output_root + context.partition_key + "/", record, exc)
+        raise dg.Failure(
+            description=f"manifest {record['manifest']} rejected: {exc}",
+            metadata={"manifest": record["manifest"], "etag": etag, "error": str(exc)},
+            allow_retries=False,
+        ) from exc
+    table = parsed.table()
+    table.attrs = {
+        "manifest": parsed.source,
+        "etag": etag,
+        "format": parsed.format,
+        "id": parsed.id,
+        "model": model.as_dict() if model else None,
+        "output": parsed.output or settings.output_root + context.partition_key + "/",
+    }
+    return dg.Output(
+        table,
+        data_version=dg.DataVersion(etag),
+        metadata={
+            "manifest": dg.MetadataValue.path(parsed.source),
+            "etag": etag,
+            "format": parsed.format,
+            "images": len(table),
+            "model": model.name if model else "default",
+            "output": dg.MetadataValue.path(table.attrs["output"]),
+        },
+    )
+
+
+def _report_rejection(client, location: str, record: dict, exc: Exception) -> None:
+    """Customers watch their output location: a rejected manifest leaves its reason there."""
+    bucket, prefix = split_s3_uri(location)
+    body = {"manifest": record["manifest"], "etag": record["etag"], "status": "rejected", "error": str(exc)}
+    client.put_object(Bucket=bucket, Key=prefix + "_REJECTED.json", Body=json.dumps(body, indent=2).encode())

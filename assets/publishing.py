@@ -1,0 +1,60 @@
+"""The published_tags asset: one JSON object per image in the customer's output location, then a marker."""
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+from dagster_aws.s3 import S3Resource
+
+from assets.partitions import manifests_partitions
+from resources.settings import PlatformSettings
+from tagging_platform import publishing
+from tagging_platform.models import ModelRef
+
+
+@dg.asset(
+    partitions_def=manifests_partitions,
+    group_name="publishing",
+    io_manager_key="warehouse_io_manager",
+    kinds={"s3", "json"},
+    owners=["team:ml-platform"],
+    description="Tag JSON for every image (JSON Lines parts by default) and a completion marker written last.",
+)
+def published_tags(
+    context: dg.AssetExecutionContext,
+    image_tags: pa.Table,
+    manifest: pd.DataFrame,
+    s3: S3Resource,
+    platform: PlatformSettings,
+) -> dg.Output[dict]:
+    settings = platform.settings
+    model_versions = set(image_tags.column("model_version").to_pylist())
+    if len(model_versions) != 1:
+        raise dg.Failure(f"image_tags mixes model versions {sorted(model_versions)}: refusing to publish")
+    model = ModelRef(image_tags.column("model_name")[0].as_py(), model_versions.pop(), settings.model_bucket)
+    location = publishing.output_location(manifest.attrs["output"], model)
+    marker = publishing.publish(
+        s3.get_client(),
+        image_tags,
+        location,
+        fmt=settings.publish_format,
+        part_images=settings.publish_part_images,
+        lineage={
+            "manifest": manifest.attrs["manifest"],
+            "manifest_etag": manifest.attrs["etag"],
+            "partition": context.partition_key,
+            "run_id": context.run_id,
+            "model": {"name": model.name, "version": model.version},
+        },
+    )
+    context.log.info(f"published {marker['objects']} tag objects to {location}")
+    return dg.Output(
+        marker,
+        metadata={
+            "location": dg.MetadataValue.path(location),
+            "marker": dg.MetadataValue.path(location + publishing.MARKER_NAME),
+            "objects": marker["objects"],
+            "files": marker["files"],
+            "tagged": marker["tagged"],
+            "errors": marker["errors"],
+        },
+    )

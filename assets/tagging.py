@@ -1,0 +1,98 @@
+"""The image_tags asset: a manifest planned into chunks, each tagged by its own step (a GPU pod on Kubernetes)."""
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+from dagster_aws.s3 import S3Resource
+
+from assets.partitions import manifests_partitions
+from resources.settings import PlatformSettings
+from resources.tagger import TaggerResource
+from tagging_platform import engine, tags
+from tagging_platform.models import ModelRef
+from tagging_platform.planning import plan_chunks as plan
+
+# On Kubernetes each tag_chunk step is a pod on the GPU pool; other executors ignore these tags.
+GPU_STEP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {
+            "node_selector": {"tagging.platform/pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    },
+}
+
+
+@dg.op(out=dg.DynamicOut(engine.ChunkSpec))
+def plan_chunks(
+    context: dg.OpExecutionContext, manifest: pd.DataFrame, tagger_model: dict, platform: PlatformSettings
+):
+    """Split the manifest into chunks sized by the cost model (pod start-up against per-image time)."""
+    settings = platform.settings
+    model = ModelRef(**(manifest.attrs["model"] or tagger_model))
+    chunking = plan(
+        len(manifest),
+        ms_per_image=settings.ms_per_image,
+        startup_s=settings.startup_s,
+        max_gpus=settings.max_gpus,
+        deadline_min=settings.deadline_min,
+        min_chunk_images=settings.min_chunk_images,
+        max_chunk_images=settings.max_chunk_images,
+    )
+    context.log.info(f"plan: {chunking.describe()}; model {model.name} {model.version}")
+    for spec in engine.chunk_specs(
+        context.partition_key,
+        manifest.attrs["manifest"],
+        manifest.attrs["etag"],
+        manifest["position"].tolist(),
+        manifest["image_uri"].tolist(),
+        model,
+        chunking.chunk_images,
+    ):
+        yield dg.DynamicOutput(spec, mapping_key=f"chunk_{spec.index:05d}")
+
+
+@dg.op(
+    tags=GPU_STEP_TAGS,
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+)
+def tag_chunk(
+    context: dg.OpExecutionContext, spec: engine.ChunkSpec, s3: S3Resource, tagger: TaggerResource, platform: PlatformSettings
+) -> engine.ChunkSpec:
+    """Tag one chunk; its rows land in the warehouse as one Parquet object, written once."""
+    client = s3.get_client()
+
+    def report(stats: engine.ChunkStats) -> None:
+        context.log.info(
+            f"chunk {spec.index}: {stats.tagged + stats.errors}/{stats.images} images, {stats.images_per_s:.1f} images/s"
+        )
+
+    stats = engine.run_chunk(
+        client, platform.settings.warehouse_bucket, spec, context.run_id, lambda: tagger.load(client, spec.model), report
+    )
+    verb = "found earlier result for" if stats.skipped else "tagged"
+    context.log.info(f"{verb} chunk {spec.index}: {stats.tagged} tagged, {stats.errors} errors")
+    context.add_output_metadata({k: v for k, v in stats.as_dict().items()})
+    return spec
+
+
+@dg.op(out=dg.Out(io_manager_key="warehouse_io_manager"))
+def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec], s3: S3Resource, platform: PlatformSettings) -> pa.Table:
+    """One table per manifest, in manifest order, from the chunks' Parquet objects."""
+    client = s3.get_client()
+    parts = [engine.read_chunk(client, platform.settings.warehouse_bucket, spec) for spec in sorted(chunks, key=lambda s: s.index)]
+    table = pa.concat_tables(parts).cast(tags.TAG_SCHEMA) if parts else tags.empty_tag_table()
+    context.add_output_metadata({"chunks": len(parts), "images": table.num_rows})
+    return table.sort_by("position")
+
+
+@dg.graph_asset(
+    partitions_def=manifests_partitions,
+    group_name="tagging",
+    kinds={"pytorch", "s3", "parquet"},
+    owners=["team:ml-platform"],
+    description="One tag row per manifest image (tagged or errored), with lineage: model version, chunk, run.",
+)
+def image_tags(manifest: pd.DataFrame, tagger_model: dict) -> pa.Table:
+    return merge_chunks(plan_chunks(manifest, tagger_model).map(tag_chunk).collect())

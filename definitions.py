@@ -1,0 +1,31 @@
+"""Composes the platform: assets, checks, jobs, the sensor, and resources and executor for the deployment."""
+
+import dagster as dg
+from dagster_k8s import k8s_job_executor
+
+from assets import all_assets, all_checks
+from assets.jobs import publish_model_job, tag_manifest_job
+from resources import build_resources
+from sensors import build_manifest_sensor
+from tagging_platform.settings import Settings
+
+
+def executor_for(settings: Settings) -> dg.ExecutorDefinition:
+    if settings.deployment == "k8s":
+        # The image, namespace and service account come from the K8sRunLauncher on the instance.
+        return k8s_job_executor.configured({"max_concurrent": settings.max_gpus * 2, "env_vars": []})
+    return dg.multiprocess_executor.configured({"max_concurrent": 2})
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=all_assets,
+        asset_checks=all_checks,
+        jobs=[tag_manifest_job, publish_model_job],
+        sensors=[build_manifest_sensor(settings)],
+        resources=build_resources(settings),
+        executor=executor_for(settings),
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,32 @@
+"""The tagger resource: the engine's settings for a step, and the model loaded once per step process."""
+
+import dagster as dg
+
+from tagging_platform.engine import Tagger
+from tagging_platform.models import ModelRef
+
+# Steps that share a process (the in-process executor, tests) reuse the loaded model.
+_loaded: dict[tuple, Tagger] = {}
+
+
+class TaggerResource(dg.ConfigurableResource):
+    """How `tag_chunk` runs the engine. `device="auto"` takes CUDA when the pod has a GPU."""
+
+    device: str = "auto"
+    batch_size: int = 32
+    fetch_workers: int = 4
+    top_k: int = 5
+    min_confidence: float = 0.05
+
+    def load(self, s3_client, ref: ModelRef) -> Tagger:
+        options = {
+            "batch_size": self.batch_size,
+            "fetch_workers": self.fetch_workers,
+            "top_k": self.top_k,
+            "min_confidence": self.min_confidence,
+        }
+        key = (ref, self.device, *options.values())
+        if key not in _loaded:
+            _loaded.clear()
+            _loaded[key] = Tagger.load(s3_client, ref, device=self.device, **options)
+        return _loaded[key]

@@ -1,0 +1,202 @@
+"""`tagging-platform`: run the demo or a dev deployment, submit manifests, plan chunking."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import sys
+import time
+from pathlib import Path
+
+from tagging_platform import photos, planning, publishing
+from tagging_platform.manifests import partition_key_for
+from tagging_platform.settings import EMBEDDED_S3_PORT, Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tagging-platform", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="tag a batch of real photographs end to end through the sensor")
+    demo.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    demo.add_argument("--variants", type=int, default=4, help="framings of each photograph (1 = originals only)")
+    demo.add_argument("--timeout", type=float, default=900)
+
+    dev = commands.add_parser("dev", help="embedded S3 + dagster dev, until interrupted")
+    dev.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--s3-port", type=int, default=EMBEDDED_S3_PORT)
+
+    submit = commands.add_parser("submit", help="upload a folder of images (or a manifest file) as a new batch")
+    submit.add_argument("source", type=Path, help="a folder of images, or a manifest file")
+    submit.add_argument("--name", help="the batch name (default: the folder or file name)")
+    submit.add_argument("--model", help="model name or name@version")
+
+    plan = commands.add_parser("plan", help="print the chunk plan for a workload")
+    plan.add_argument("--images", type=int, required=True)
+    plan.add_argument("--ms-per-image", type=float, required=True)
+    plan.add_argument("--startup-s", type=float, required=True)
+    plan.add_argument("--max-gpus", type=int, required=True)
+    plan.add_argument("--deadline-min", type=float, default=60)
+    plan.add_argument("--gpu-hour-usd", type=float)
+    plan.add_argument("--max-chunk-images", type=int)
+    plan.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    return {"demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan}[args.command](args)
+
+
+def run_plan(args) -> int:
+    result = planning.plan_chunks(
+        args.images,
+        ms_per_image=args.ms_per_image,
+        startup_s=args.startup_s,
+        max_gpus=args.max_gpus,
+        deadline_min=args.deadline_min,
+        max_chunk_images=args.max_chunk_images,
+        gpu_hour_usd=args.gpu_hour_usd,
+    )
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.describe())
+    return 0
+
+
+def upload_batch(client, settings: Settings, name: str, images: list[tuple[str, bytes]], model: str | None = None) -> str:
+    """Upload images and a native manifest listing them; returns the manifest's key."""
+    image_bucket = settings.allowed_image_prefixes[0].split("/")[0]
+    image_prefix = settings.allowed_image_prefixes[0][len(image_bucket) + 1 :]
+    uris = []
+    for filename, data in images:
+        key = f"{image_prefix}{name}/{filename}"
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        client.put_object(Bucket=image_bucket, Key=key, Body=data, ContentType=content_type)
+        uris.append(f"s3://{image_bucket}/{key}")
+    manifest = {"id": name, "images": uris, **({"model": model} if model else {})}
+    key = f"{settings.manifest_prefix}{name}.json"
+    client.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps(manifest, indent=1).encode())
+    return key
+
+
+def run_submit(args) -> int:
+    from tagging_platform.embedded import s3_client
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    source: Path = args.source
+    if source.is_dir():
+        name = args.name or source.name
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            print(f"error: {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", file=sys.stderr)
+            return 2
+        key = upload_batch(client, settings, name, [(p.name, p.read_bytes()) for p in files], args.model)
+        print(f"uploaded {len(files)} images")
+    elif source.is_file():
+        key = f"{settings.manifest_prefix}{args.name or source.name}"
+        client.put_object(Bucket=settings.manifest_bucket, Key=key, Body=source.read_bytes())
+    else:
+        print(f"error: {source} does not exist", file=sys.stderr)
+        return 2
+    partition = partition_key_for(key, settings.manifest_prefix)
+    print(f"submitted s3://{settings.manifest_bucket}/{key} as batch {partition}")
+    return 0
+
+
+def run_dev(args) -> int:
+    from tagging_platform.local import LocalPlatform
+
+    platform = LocalPlatform(args.workspace, s3_port=args.s3_port, ui_port=args.port)
+    with platform:
+        print(f"embedded S3 at {platform.settings.s3_endpoint}")
+        print(f"Dagster UI at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})")
+        print("submit a batch with: tagging-platform submit DIR_OR_MANIFEST   (Ctrl-C stops everything)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0
+
+
+def run_demo(args) -> int:
+    from tagging_platform.local import LocalPlatform
+
+    started = time.monotonic()
+    # Small chunks so the demo shows the fan-out: several tag_chunk steps for one manifest.
+    overrides = {"TP_MAX_CHUNK_IMAGES": "8", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2"}
+    with LocalPlatform(args.workspace, settings_overrides=overrides) as platform:
+        settings = platform.settings
+        print(f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})")
+        images = photos.sample_set(variants_per_photo=args.variants)
+        name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        key = upload_batch(platform.s3(), settings, name, images)
+        partition = partition_key_for(key, settings.manifest_prefix)
+        print(f"uploaded {len(images)} photographs and s3://{settings.manifest_bucket}/{key}; waiting for the sensor")
+        seen_status: list[str] = []
+
+        def report(runs: list[dict]) -> None:
+            status = runs[0]["status"] if runs else "waiting for the sensor"
+            if not seen_status or seen_status[-1] != status:
+                seen_status.append(status)
+                print(f"  [{time.monotonic() - started:5.0f} s] batch {partition}: {status.lower()}")
+
+        run = platform.wait_for_run(partition, timeout_s=args.timeout, on_wait=report)
+        return summarise(platform, run, partition, len(images), started)
+
+
+def summarise(platform, run: dict, partition: str, expected: int, started: float) -> int:
+    """Print what happened and return the exit code: 0 only if every image is accounted for."""
+    checks, failures = platform.dagster.run_events(run["runId"])
+    print(f"run {run['runId']}: {run['status']} after {time.monotonic() - started:.0f} s")
+    for failure in failures:
+        print(f"  step {failure['step']} failed: {failure['error'].strip().splitlines()[0]}")
+    for check in checks:
+        outcome = "passed" if check["success"] else f"FAILED ({check['severity']})"
+        print(f"  check {check['checkName']}: {outcome}")
+    client = platform.s3()
+    settings = platform.settings
+    markers = _markers(client, settings, partition)
+    if run["status"] != "SUCCESS" or not markers:
+        print(f"tagged 0/{expected} images: the run did not publish; see {platform.log_path}")
+        return 1
+    location, marker = markers[0]
+    _print_examples(client, marker)
+    accounted = marker["tagged"] + marker["errors"] == expected == marker["images"]
+    checks_ok = checks and all(c["success"] for c in checks)
+    verdict = "checks passed" if checks_ok else "checks: " + ", ".join(
+        f"{c['checkName']} failed" for c in checks if not c["success"]
+    )
+    print(
+        f"tagged {marker['tagged']}/{expected} images, {marker['objects']} tag objects published to {location}, {verdict}"
+    )
+    blocking_ok = all(c["success"] for c in checks if c["checkName"] == "every_image_accounted_for")
+    return 0 if accounted and blocking_ok else 1
+
+
+def _markers(client, settings: Settings, partition: str) -> list[tuple[str, dict]]:
+    base = f"{settings.output_prefix}{partition}/"
+    found = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.output_bucket, Prefix=base):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(publishing.MARKER_NAME):
+                location = f"s3://{settings.output_bucket}/{item['Key'][: -len(publishing.MARKER_NAME)]}"
+                found.append((location, publishing.read_marker(client, location)))
+    return found
+
+
+def _print_examples(client, marker: dict, limit: int = 8) -> None:
+    from tagging_platform.manifests import split_s3_uri
+
+    for part in marker["parts"][:1]:
+        bucket, _ = split_s3_uri(marker["location"])
+        lines = client.get_object(Bucket=bucket, Key=part["key"])["Body"].read().splitlines()
+        for line in lines[:limit]:
+            obj = json.loads(line)
+            described = ", ".join(f"{t['name']} {t['confidence']:.2f}" for t in obj.get("tags", [])[:3])
+            print(f"  {obj['image'].rsplit('/', 1)[-1]:<22} {described or obj.get('error', '')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

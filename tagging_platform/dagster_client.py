@@ -1,0 +1,104 @@
+"""A small client of a running Dagster's GraphQL API: what the CLI and the API need to follow batches."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+_RUNS = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId jobName status startTime endTime tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+
+_CHECKS = """
+query Logs($runId: ID!, $after: String) {
+  logsForRun(runId: $runId, afterCursor: $after) {
+    __typename
+    ... on EventConnection {
+      cursor hasMore
+      events {
+        __typename
+        ... on AssetCheckEvaluationEvent { evaluation { checkName success severity assetKey { path } } }
+        ... on ExecutionStepFailureEvent { stepKey error { message } }
+      }
+    }
+    ... on PythonError { message }
+  }
+}"""
+
+
+class DagsterError(RuntimeError):
+    """The Dagster webserver could not be reached or answered with an error."""
+
+
+class DagsterClient:
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def query(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise DagsterError(f"Dagster at {self.url} answered {exc.code}: {exc.read()[:2000]!r}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise DagsterError(f"Dagster at {self.url} is unreachable: {exc}") from exc
+        if body.get("errors"):
+            raise DagsterError(f"Dagster answered with errors: {body['errors']}")
+        return body["data"]
+
+    def is_up(self) -> bool:
+        try:
+            self.query("{ version }")
+        except DagsterError:
+            return False
+        return True
+
+    def wait_until_up(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.is_up():
+            if time.monotonic() > deadline:
+                raise DagsterError(f"Dagster at {self.url} did not come up within {timeout_s:.0f} s")
+            time.sleep(1)
+
+    def runs(self, job: str | None = None, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        run_filter: dict[str, Any] = {}
+        if job:
+            run_filter["pipelineName"] = job
+        if tags:
+            run_filter["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        result = self.query(_RUNS, {"filter": run_filter})["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise DagsterError(result.get("message", result["__typename"]))
+        return result["results"]
+
+    def run_events(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The run's asset check evaluations and step failures."""
+        checks, failures, cursor = [], [], None
+        while True:
+            result = self.query(_CHECKS, {"runId": run_id, "after": cursor})["logsForRun"]
+            if result["__typename"] != "EventConnection":
+                raise DagsterError(result.get("message", result["__typename"]))
+            for event in result["events"]:
+                if event["__typename"] == "AssetCheckEvaluationEvent":
+                    checks.append(event["evaluation"])
+                elif event["__typename"] == "ExecutionStepFailureEvent":
+                    failures.append({"step": event["stepKey"], "error": event["error"]["message"]})
+            cursor = result["cursor"]
+            if not result["hasMore"]:
+                return checks, failures

@@ -1,0 +1,367 @@
+"""The streaming tagging engine: concurrent fetch and decode feeding batched inference, bounded in memory."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from botocore.exceptions import ClientError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tagging_platform import models, tags
+from tagging_platform.manifests import split_s3_uri
+
+# Pillow's own guard warns at 89M pixels and fails at twice that; we fail at the warning level, with a reason.
+MAX_IMAGE_PIXELS = 89_478_485
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """One unit of work: a slice of a manifest, tagged by one step (one pod on Kubernetes)."""
+
+    partition: str
+    manifest: str
+    manifest_etag: str
+    index: int
+    positions: tuple[int, ...]
+    images: tuple[str, ...]
+    model: models.ModelRef
+
+    @property
+    def result_key(self) -> str:
+        """Where the chunk's Parquet lands: derived from its content, so a retry finds the earlier result."""
+        content = "\n".join((self.manifest_etag, *self.images))
+        digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+        return (
+            f"chunks/partition={self.partition}/model={self.model.name}-{self.model.short_version}/"
+            f"chunk-{self.index:05d}-{digest}.parquet"
+        )
+
+
+@dataclass
+class ChunkStats:
+    images: int = 0
+    tagged: int = 0
+    errors: int = 0
+    skipped: bool = False
+    model_load_s: float = 0.0
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+    inference_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s if self.wall_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_s": round(self.images_per_s, 2)}
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    position: int
+    image: str
+    etag: str | None
+    pixels: Any = None  # a CHW float tensor when the image decoded
+    error: str | None = None
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class Tagger:
+    """A loaded model and how to run it: batched, top-k above a confidence threshold."""
+
+    card: models.ModelCard
+    ref: models.ModelRef
+    network: Any
+    device: str
+    top_k: int = 5
+    min_confidence: float = 0.05
+    batch_size: int = 32
+    fetch_workers: int = 4
+    load_s: float = 0.0
+    _transform: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, s3_client, ref: models.ModelRef, *, device: str = "auto", **options) -> Tagger:
+        import torch
+
+        started = time.perf_counter()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        card = models.read_card(s3_client, ref)
+        network = _prepare_for_inference(
+            models.load_network(card, models.load_artifact(s3_client, ref, card), device), card, device
+        )
+        return cls(card, ref, network, device, load_s=time.perf_counter() - started, **options)
+
+    def decode(self, data: bytes):
+        """Bytes of an image file to the model's input tensor, or an exception naming the problem."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        prep = self.card.preprocessing
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image is {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS}")
+            # JPEG draft mode decodes at a reduced scale that still covers the resize target: far less work.
+            opened.draft("RGB", (prep.resize, prep.resize))
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+        image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
+        pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
+        return F.normalize(pixels, list(prep.mean), list(prep.std))
+
+    def predict(self, batch) -> list[tuple[list[dict[str, Any]], str, float]]:
+        """(tags, top tag, top confidence) per input of a stacked NCHW batch."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            if self.device == "cuda":
+                inputs = inputs.half()
+            probabilities = torch.softmax(self.network(inputs).float(), dim=1)
+            confidences, classes = probabilities.topk(min(self.top_k, probabilities.shape[1]), dim=1)
+        results = []
+        for row_conf, row_cls in zip(confidences.tolist(), classes.tolist(), strict=True):
+            labelled = [(self.card.labels[c], p) for p, c in zip(row_conf, row_cls, strict=True)]
+            kept = [{"name": n, "confidence": p, "parents": []} for n, p in labelled if p >= self.min_confidence]
+            results.append((kept, labelled[0][0], labelled[0][1]))
+        return results
+
+    def tag(
+        self,
+        s3_client,
+        spec: ChunkSpec,
+        run_id: str,
+        progress: Callable[[ChunkStats], None] | None = None,
+        progress_every_s: float = 10.0,
+    ) -> tuple[list[dict[str, Any]], ChunkStats]:
+        """Tag every image of a chunk. Images that fail become error rows; nothing is dropped.
+
+        Fetch and decode run in a thread pool ahead of inference, at most two batches in flight, so
+        memory follows the batch size and never the chunk size.
+        """
+        import torch
+
+        stats = ChunkStats(images=len(spec.images), model_load_s=self.load_s)
+        started = last_report = time.perf_counter()
+        common = {
+            "model_name": self.ref.name,
+            "model_version": self.ref.version,
+            "manifest": spec.manifest,
+            "partition": spec.partition,
+            "chunk": spec.index,
+            "run_id": run_id,
+        }
+        rows: list[dict[str, Any]] = []
+        pending: list[_Decoded] = []
+
+        def emit(batch: list[_Decoded]) -> None:
+            infer_started = time.perf_counter()
+            predictions = self.predict(torch.stack([d.pixels for d in batch]))
+            stats.inference_s += time.perf_counter() - infer_started
+            now = datetime.now(timezone.utc)
+            for decoded, (kept, top, top_conf) in zip(batch, predictions, strict=True):
+                rows.append(
+                    {
+                        "image": decoded.image,
+                        "position": decoded.position,
+                        "etag": decoded.etag,
+                        "status": tags.STATUS_OK,
+                        "error": None,
+                        "tags": kept,
+                        "top_tag": top,
+                        "top_confidence": top_conf,
+                        "tagged_at": now,
+                        **common,
+                    }
+                )
+
+        with ThreadPoolExecutor(self.fetch_workers, thread_name_prefix="fetch-decode") as pool:
+            in_flight: collections.deque[Future[_Decoded]] = collections.deque()
+            work = iter(zip(spec.positions, spec.images, strict=True))
+            limit = 2 * self.batch_size
+            while True:
+                while len(in_flight) < limit:
+                    item = next(work, None)
+                    if item is None:
+                        break
+                    in_flight.append(pool.submit(self._fetch_and_decode, s3_client, *item))
+                if not in_flight:
+                    break
+                decoded = in_flight.popleft().result()
+                stats.fetch_s += decoded.fetch_s
+                stats.decode_s += decoded.decode_s
+                if decoded.error is not None:
+                    stats.errors += 1
+                    rows.append(
+                        {
+                            "image": decoded.image,
+                            "position": decoded.position,
+                            "etag": decoded.etag,
+                            "status": tags.STATUS_ERROR,
+                            "error": decoded.error,
+                            "tags": None,
+                            "top_tag": None,
+                            "top_confidence": None,
+                            "tagged_at": datetime.now(timezone.utc),
+                            **common,
+                        }
+                    )
+                else:
+                    pending.append(decoded)
+                    if len(pending) == self.batch_size:
+                        emit(pending)
+                        pending = []
+                if progress and time.perf_counter() - last_report >= progress_every_s:
+                    last_report = time.perf_counter()
+                    stats.wall_s = last_report - started
+                    stats.tagged = len(rows) - stats.errors
+                    progress(stats)
+            if pending:
+                emit(pending)
+        stats.tagged = len(rows) - stats.errors
+        stats.wall_s = time.perf_counter() - started
+        return rows, stats
+
+    def _fetch_and_decode(self, s3_client, position: int, image: str) -> _Decoded:
+        started = time.perf_counter()
+        bucket, key = split_s3_uri(image)
+        try:
+            response = s3_client.get_object(Bucket=bucket, Key=key)
+            if response["ContentLength"] > MAX_IMAGE_BYTES:
+                response["Body"].close()
+                return _Decoded(position, image, None, error=f"object is over {MAX_IMAGE_BYTES} bytes")
+            data = response["Body"].read()
+            etag = response["ETag"].strip('"')
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error row with its reason
+            return _Decoded(position, image, None, error=_fetch_error(exc), fetch_s=time.perf_counter() - started)
+        fetched = time.perf_counter()
+        try:
+            pixels = self.decode(data)
+        except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
+            return _Decoded(
+                position, image, etag, error=_decode_error(exc), fetch_s=fetched - started,
+                decode_s=time.perf_counter() - fetched,
+            )
+        return _Decoded(position, image, etag, pixels, fetch_s=fetched - started, decode_s=time.perf_counter() - fetched)
+
+
+def run_chunk(
+    s3_client,
+    warehouse_bucket: str,
+    spec: ChunkSpec,
+    run_id: str,
+    load_tagger: Callable[[], Tagger],
+    progress: Callable[[ChunkStats], None] | None = None,
+) -> ChunkStats:
+    """Tag a chunk and store its rows as one Parquet object, unless an earlier attempt already did.
+
+    A single PUT is atomic in S3: readers see the whole chunk or nothing, so a retried or repeated
+    chunk either finds a complete result and skips, or writes it again from scratch.
+    """
+    existing = _head(s3_client, warehouse_bucket, spec.result_key)
+    if existing is not None:
+        counts = json.loads(existing["Metadata"].get("stats", "{}"))
+        return ChunkStats(
+            images=counts.get("images", len(spec.images)),
+            tagged=counts.get("tagged", 0),
+            errors=counts.get("errors", 0),
+            skipped=True,
+        )
+    tagger = load_tagger()
+    rows, stats = tagger.tag(s3_client, spec, run_id, progress)
+    write_started = time.perf_counter()
+    body = tags.to_parquet_bytes(tags.tag_table(rows))
+    counts = {"images": stats.images, "tagged": stats.tagged, "errors": stats.errors}
+    s3_client.put_object(
+        Bucket=warehouse_bucket, Key=spec.result_key, Body=body, Metadata={"stats": json.dumps(counts)}
+    )
+    stats.write_s = time.perf_counter() - write_started
+    return stats
+
+
+def read_chunk(s3_client, warehouse_bucket: str, spec: ChunkSpec):
+    body = s3_client.get_object(Bucket=warehouse_bucket, Key=spec.result_key)["Body"].read()
+    return tags.from_parquet_bytes(body)
+
+
+def chunk_specs(
+    partition: str,
+    manifest: str,
+    manifest_etag: str,
+    positions: Sequence[int],
+    images: Sequence[str],
+    model: models.ModelRef,
+    chunk_images: int,
+) -> list[ChunkSpec]:
+    return [
+        ChunkSpec(
+            partition=partition,
+            manifest=manifest,
+            manifest_etag=manifest_etag,
+            index=index,
+            positions=tuple(positions[start : start + chunk_images]),
+            images=tuple(images[start : start + chunk_images]),
+            model=model,
+        )
+        for index, start in enumerate(range(0, len(images), chunk_images))
+    ]
+
+
+def _prepare_for_inference(network, card: models.ModelCard, device: str):
+    """Make the network fast where it runs: half precision on CUDA, a frozen, fused graph on CPU."""
+    import torch
+
+    example = torch.zeros(1, 3, card.preprocessing.crop, card.preprocessing.crop, device=device)
+    network = network.to(memory_format=torch.channels_last)
+    if device == "cuda":
+        return network.half()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        # TorchScript is deprecated in favour of torch.export, but it is still what folds batch norm
+        # into the convolutions and frees the GIL for the whole forward pass on CPU (1.6x measured).
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.trace(network, example)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def _head(s3_client, bucket: str, key: str) -> dict[str, Any] | None:
+    try:
+        return s3_client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def _fetch_error(exc: Exception) -> str:
+    code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+    if code in ("NoSuchKey", "404"):
+        return "not found: the object does not exist"
+    if code in ("AccessDenied", "403"):
+        return "access denied reading the object"
+    if code == "NoSuchBucket":
+        return "not found: the bucket does not exist"
+    return f"fetch failed: {type(exc).__name__}: {exc}"
+
+
+def _decode_error(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image: no decoder recognises the file"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"decompression bomb: {exc}"
+    return f"decode failed: {type(exc).__name__}: {exc}"

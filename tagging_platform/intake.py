@@ -1,0 +1,134 @@
+"""Noticing manifests in the manifest bucket: an incremental listing with a resumable cursor, and batch records."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tagging_platform.manifests import partition_key_for
+
+MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".manifest.gz")
+# S3's clock and ours may disagree; objects this close to the watermark are looked at twice, and the
+# remembered ETags (plus Dagster's run keys) keep the second look from starting a second run.
+CLOCK_SKEW_S = 300.0
+
+
+@dataclass(frozen=True)
+class ManifestObject:
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    last_modified: float
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def run_key(self) -> str:
+        """A changed manifest (new ETag) is a new run of the same partition; an identical one is not."""
+        return f"{self.key}@{self.etag}"
+
+
+@dataclass
+class ScanCursor:
+    """Where the listing stands, kept as the sensor's cursor so it survives restarts.
+
+    A scan walks the bucket in key order a few pages per tick (`after`), wrapping to the start when
+    it reaches the end. An object is new when it changed after the start of the previous full scan
+    (`watermark`): every upload is then seen within two scans, and none is re-listed per tick.
+    `seen` remembers (ETag, last modified) of what was emitted since the watermark, so the overlap
+    between two scans emits nothing twice.
+    """
+
+    after: str = ""
+    scan_started: float = 0.0
+    watermark: float = 0.0
+    seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def serialize(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> ScanCursor:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        data["seen"] = {k: (v[0], v[1]) for k, v in data["seen"].items()}
+        return cls(**data)
+
+
+def scan_manifests(
+    s3_client,
+    bucket: str,
+    prefix: str,
+    cursor: ScanCursor,
+    *,
+    max_keys: int = 10_000,
+    now: float | None = None,
+) -> tuple[list[ManifestObject], ScanCursor]:
+    """List at most `max_keys` keys from where the cursor stands; return new manifests and the next cursor."""
+    now = time.time() if now is None else now
+    cursor = ScanCursor(cursor.after, cursor.scan_started or now, cursor.watermark, dict(cursor.seen))
+    found: list[ManifestObject] = []
+    listed = 0
+    while listed < max_keys:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": min(1000, max_keys - listed)}
+        if cursor.after:
+            kwargs["StartAfter"] = cursor.after
+        page = s3_client.list_objects_v2(**kwargs)
+        contents = page.get("Contents", [])
+        listed += len(contents)
+        for item in contents:
+            obj = ManifestObject(
+                bucket=bucket,
+                key=item["Key"],
+                etag=item["ETag"].strip('"'),
+                size=item["Size"],
+                last_modified=item["LastModified"].timestamp(),
+            )
+            cursor.after = obj.key
+            is_manifest = obj.key.endswith(MANIFEST_SUFFIXES) and obj.size > 0
+            already = cursor.seen.get(obj.key)
+            if is_manifest and obj.last_modified >= cursor.watermark and (already is None or already[0] != obj.etag):
+                cursor.seen[obj.key] = (obj.etag, obj.last_modified)
+                found.append(obj)
+        if not page.get("IsTruncated"):
+            # The end of the bucket: the next tick starts a new scan, and everything that changed
+            # since this scan started must be looked at again.
+            cursor.watermark = cursor.scan_started - CLOCK_SKEW_S
+            cursor.after = ""
+            cursor.scan_started = now
+            cursor.seen = {k: v for k, v in cursor.seen.items() if v[1] >= cursor.watermark}
+            break
+    return found, cursor
+
+
+def partition_record_key(partition: str) -> str:
+    return f"batches/{partition}.json"
+
+
+def record_partition(s3_client, warehouse_bucket: str, partition: str, obj: ManifestObject) -> None:
+    """Remember which manifest a partition stands for, for the assets and the API to read back."""
+    record = {"partition": partition, "manifest": obj.uri, "bucket": obj.bucket, "key": obj.key, "etag": obj.etag}
+    s3_client.put_object(
+        Bucket=warehouse_bucket, Key=partition_record_key(partition), Body=json.dumps(record).encode()
+    )
+
+
+def read_partition(s3_client, warehouse_bucket: str, partition: str) -> dict[str, str]:
+    try:
+        body = s3_client.get_object(Bucket=warehouse_bucket, Key=partition_record_key(partition))["Body"].read()
+    except s3_client.exceptions.NoSuchKey:
+        raise LookupError(
+            f"partition {partition!r} has no batch record in s3://{warehouse_bucket}/: "
+            "partitions are added by the manifest sensor"
+        ) from None
+    return json.loads(body)
+
+
+def partition_for(obj: ManifestObject, manifest_prefix: str) -> str:
+    return partition_key_for(obj.key, manifest_prefix)

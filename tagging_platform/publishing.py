@@ -1,0 +1,112 @@
+"""Publishing tag objects to the customer's output location, with a completion marker written last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from tagging_platform import tags
+from tagging_platform.manifests import split_s3_uri
+from tagging_platform.models import ModelRef
+
+MARKER_NAME = "_COMPLETE.json"
+
+
+def output_location(base: str, model: ModelRef) -> str:
+    """Outputs are versioned by model, so a re-tag with a new model never overwrites the old tags."""
+    return f"{base}{model.name}/{model.short_version}/"
+
+
+def publish(
+    s3_client,
+    table: pa.Table,
+    location: str,
+    *,
+    fmt: str,
+    part_images: int,
+    lineage: dict[str, Any],
+) -> dict[str, Any]:
+    """Write one JSON object per image and then the completion marker.
+
+    Readers trust only the marker: it is removed first and written last, so output that is still
+    being written, or that a crashed attempt left behind, is never seen as complete. Parts are
+    replaced in place on a re-run and stale ones are removed, so nothing is duplicated.
+    """
+    bucket, prefix = split_s3_uri(location)
+    marker_key = prefix + MARKER_NAME
+    s3_client.delete_object(Bucket=bucket, Key=marker_key)
+    before = _list_keys(s3_client, bucket, prefix)
+    if fmt == "jsonl":
+        written = _write_parts(s3_client, bucket, prefix, table, part_images)
+    elif fmt == "objects":
+        written = _write_objects(s3_client, bucket, prefix, table)
+    else:
+        raise ValueError(f"unknown publish format {fmt!r}")
+    stale = sorted(before - {w["key"] for w in written} - {marker_key})
+    for start in range(0, len(stale), 1000):
+        s3_client.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]], "Quiet": True}
+        )
+    statuses = table.column("status").to_pylist()
+    marker = {
+        "location": location,
+        "format": fmt,
+        "images": table.num_rows,
+        "tagged": statuses.count(tags.STATUS_OK),
+        "errors": statuses.count(tags.STATUS_ERROR),
+        "objects": sum(w["objects"] for w in written),
+        "files": len(written),
+        "parts": written if fmt == "jsonl" else [],
+        "sha256": hashlib.sha256("".join(w["sha256"] for w in written).encode()).hexdigest(),
+        "completed_at": datetime.now(timezone.utc).isoformat(),
+        **lineage,
+    }
+    s3_client.put_object(
+        Bucket=bucket, Key=marker_key, Body=json.dumps(marker, indent=2).encode(), ContentType="application/json"
+    )
+    return marker
+
+
+def read_marker(s3_client, location: str) -> dict[str, Any] | None:
+    bucket, prefix = split_s3_uri(location)
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=prefix + MARKER_NAME)["Body"].read()
+    except s3_client.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)
+
+
+def _write_parts(s3_client, bucket: str, prefix: str, table: pa.Table, part_images: int) -> list[dict[str, Any]]:
+    def put(index_and_slice: tuple[int, pa.Table]) -> dict[str, Any]:
+        index, part = index_and_slice
+        body = b"".join(tags.json_lines(part))
+        key = f"{prefix}part-{index:05d}.jsonl"
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
+        return {"key": key, "objects": part.num_rows, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+    slices = [(i, table.slice(start, part_images)) for i, start in enumerate(range(0, table.num_rows, part_images))]
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(put, slices))
+
+
+def _write_objects(s3_client, bucket: str, prefix: str, table: pa.Table) -> list[dict[str, Any]]:
+    def put(line: bytes) -> dict[str, Any]:
+        image_bucket, image_key = split_s3_uri(json.loads(line)["image"])
+        key = f"{prefix}objects/{image_bucket}/{image_key}.json"
+        s3_client.put_object(Bucket=bucket, Key=key, Body=line, ContentType="application/json")
+        return {"key": key, "objects": 1, "bytes": len(line), "sha256": hashlib.sha256(line).hexdigest()}
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(put, tags.json_lines(table)))
+
+
+def _list_keys(s3_client, bucket: str, prefix: str) -> set[str]:
+    keys: set[str] = set()
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.update(item["Key"] for item in page.get("Contents", []))
+    return keys

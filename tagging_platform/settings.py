@@ -1,0 +1,128 @@
+"""The platform's one settings object, read from TP_* environment variables with documented defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+EMBEDDED_S3_PORT = 9555
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the platform cannot use; the message names the variable."""
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the platform. Each field is read from `TP_<FIELD NAME IN CAPITALS>`.
+
+    The defaults are the embedded (`local`) deployment: an S3-compatible server on loopback and
+    buckets named after their role. Production (`k8s`) sets the S3 endpoint empty (AWS) and names
+    real buckets.
+    """
+
+    deployment: str = "local"
+    # Empty means AWS. The local deployment talks to the embedded server on this port by default.
+    s3_endpoint: str = f"http://127.0.0.1:{EMBEDDED_S3_PORT}"
+    aws_region: str = "us-east-1"
+    manifest_bucket: str = "manifests"
+    manifest_prefix: str = "incoming/"
+    # "bucket" allows a whole bucket, "bucket/prefix/" a part of one.
+    allowed_image_prefixes: tuple[str, ...] = ("images",)
+    output_bucket: str = "tags"
+    output_prefix: str = "published/"
+    allowed_output_prefixes: tuple[str, ...] = ("tags",)
+    warehouse_bucket: str = "warehouse"
+    model_bucket: str = "models"
+    default_model: str = "mobilenet_v2"
+    # Tag selection: the top_k classes whose confidence reaches min_confidence.
+    top_k: int = 5
+    min_confidence: float = 0.05
+    # A tag below this confidence counts as low-confidence for the quality metrics and checks.
+    low_confidence: float = 0.3
+    low_confidence_share_warn: float = 0.5
+    error_rate_warn: float = 0.01
+    error_rate_error: float = 0.05
+    # Chunk planning (see planning.py): a pod's start-up cost against the per-image cost.
+    ms_per_image: float = 10.0
+    startup_s: float = 300.0
+    max_gpus: int = 8
+    deadline_min: float = 60.0
+    min_chunk_images: int = 500
+    max_chunk_images: int = 50_000
+    # Published output: JSON Lines parts of this many objects, or one object per image.
+    publish_format: str = "jsonl"
+    publish_part_images: int = 10_000
+    # Engine.
+    batch_size: int = 32
+    fetch_workers: int = 4
+    device: str = "auto"
+    # Sensor.
+    sensor_interval_s: int = 5
+    sensor_max_keys_per_tick: int = 10_000
+    max_manifest_images: int = 10_000_000
+    # The k8s deployment's GPU pool, used for the tag_chunk step pods.
+    gpu_node_selector: str = "tagging.platform/pool=gpu"
+    gpu_toleration_key: str = "nvidia.com/gpu"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            name = f"TP_{f.name.upper()}"
+            if name not in environ:
+                continue
+            values[f.name] = _convert(name, environ[name], f)
+        if environ.get("TP_DEPLOYMENT", "local") != "local" and "TP_S3_ENDPOINT" not in environ:
+            values["s3_endpoint"] = ""
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.deployment not in ("local", "k8s"):
+            raise SettingsError(f"TP_DEPLOYMENT must be 'local' or 'k8s', not {self.deployment!r}")
+        if self.publish_format not in ("jsonl", "objects"):
+            raise SettingsError(
+                f"TP_PUBLISH_FORMAT must be 'jsonl' or 'objects', not {self.publish_format!r}"
+            )
+        if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
+            raise SettingsError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
+        for name in ("manifest_prefix", "output_prefix"):
+            value = getattr(self, name)
+            if value and not value.endswith("/"):
+                raise SettingsError(f"TP_{name.upper()} must end with '/': {value!r}")
+
+    @property
+    def output_root(self) -> str:
+        return f"s3://{self.output_bucket}/{self.output_prefix}"
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in another process (a step, a pod)."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            env[f"TP_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
+
+def _convert(name: str, raw: str, f: dataclasses.Field) -> object:
+    kind = type(f.default) if f.default is not dataclasses.MISSING else str
+    try:
+        if kind is tuple:
+            return _split_list(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
+    return raw
+

@@ -1,0 +1,109 @@
+"""A whole manifest of real photographs through the tag_manifest job: multiprocess steps, embedded S3."""
+
+import json
+import uuid
+
+import dagster as dg
+import pytest
+
+from tagging_platform import intake, publishing, tags
+from tagging_platform.settings import Settings
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
+COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
+
+
+def tag_manifest_job():
+    """Rebuilt in every step process, which reads the same settings from the environment."""
+    from definitions import build_definitions
+
+    return build_definitions(Settings.from_env()).resolve_job_def("tag_manifest")
+
+
+@pytest.fixture
+def batch(s3, settings, photographs, upload_images):
+    """A manifest of real photographs plus a corrupt JPEG and a missing key, noticed as the sensor would."""
+    uris = upload_images({**photographs, "corrupt.jpg": photographs["coffee.jpg"][:5000]})
+    uris.append(uris[0].rsplit("/", 1)[0] + "/missing.jpg")
+    partition = f"job-{uuid.uuid4().hex[:6]}"
+    key = f"{settings.manifest_prefix}{partition}.json"
+    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": uris}).encode())
+    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
+    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
+    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    return partition, uris
+
+
+def _published(s3, settings, partition):
+    prefix = f"{settings.output_prefix}{partition}/"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=prefix).get("Contents", [])]
+    [marker_key] = [k for k in keys if k.endswith(publishing.MARKER_NAME)]
+    marker = json.loads(s3.get_object(Bucket=settings.output_bucket, Key=marker_key)["Body"].read())
+    objects = [
+        json.loads(line)
+        for part in marker["parts"]
+        for line in s3.get_object(Bucket=settings.output_bucket, Key=part["key"])["Body"].read().splitlines()
+    ]
+    return marker, objects
+
+
+def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(registered_instance, s3, settings, batch):
+    partition, uris = batch
+    instance = registered_instance
+    instance.add_dynamic_partitions("manifests", [partition])
+
+    result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
+    assert result.success
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["every_image_accounted_for"].passed
+    tag_chunk_steps = [e for e in result.all_events if e.step_key and e.step_key.startswith("image_tags.tag_chunk[")]
+    assert len({e.step_key for e in tag_chunk_steps}) == 3  # 10 images in chunks of at most 4
+
+    marker, objects = _published(s3, settings, partition)
+    by_name = {o["image"].rsplit("/", 1)[-1]: o for o in objects}
+    assert sorted(o["image"] for o in objects) == sorted(uris)
+    assert marker["images"] == len(uris) == marker["tagged"] + marker["errors"]
+    assert {t["name"] for t in by_name["chelsea.jpg"]["tags"]} & CAT_CLASSES
+    assert {t["name"] for t in by_name["coffee.jpg"]["tags"]} & COFFEE_CLASSES
+    assert by_name["corrupt.jpg"]["status"] == "error" and by_name["corrupt.jpg"]["error"]
+    assert by_name["missing.jpg"]["status"] == "error" and by_name["missing.jpg"]["error"].startswith("not found")
+    lineage = by_name["chelsea.jpg"]
+    assert lineage["manifest"].endswith(f"{partition}.json") and lineage["run_id"] == result.run_id
+    assert lineage["model"]["version"].startswith("sha256:") and lineage["etag"]
+
+    # Re-running the partition reuses the chunk results: no duplicated rows, no duplicated objects.
+    rerun = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
+    assert rerun.success
+    stored = s3.get_object(
+        Bucket=settings.warehouse_bucket, Key=f"assets/image_tags/manifest={partition}/data.parquet"
+    )["Body"].read()
+    rows = tags.from_parquet_bytes(stored)
+    assert sorted(rows.column("image").to_pylist()) == sorted(uris)
+    marker_again, objects_again = _published(s3, settings, partition)
+    assert sorted(o["image"] for o in objects_again) == sorted(uris)
+    assert {o["run_id"] for o in objects_again} == {result.run_id}  # tags come from the first run's chunks
+    assert marker_again["run_id"] == rerun.run_id
+
+
+def test_a_manifest_outside_the_allowed_buckets_is_rejected_before_any_tagging(registered_instance, s3, settings):
+    partition = f"bad-{uuid.uuid4().hex[:6]}"
+    key = f"{settings.manifest_prefix}{partition}.json"
+    s3.put_object(
+        Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": ["s3://elsewhere/x.jpg"]}).encode()
+    )
+    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
+    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
+    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    registered_instance.add_dynamic_partitions("manifests", [partition])
+
+    result = dg.execute_job(
+        dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition}, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "manifest"
+    assert "s3://elsewhere/x.jpg" in failure.step_failure_data.error.message
+    rejected = s3.get_object(Bucket=settings.output_bucket, Key=f"{settings.output_prefix}{partition}/_REJECTED.json")
+    assert "outside" in json.loads(rejected["Body"].read())["error"]
+    assert not any(e.step_key and "tag_chunk" in e.step_key for e in result.all_events)

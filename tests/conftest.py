@@ -1,0 +1,140 @@
+"""Fixtures for real parts: the embedded S3 server over HTTP, Dagster instances, PostgreSQL, the real model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tagging_platform import models, photos
+from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
+from tagging_platform.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings pointing at the session's embedded S3 server; exported so step processes see them too."""
+    overrides = {
+        "TP_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "TP_MAX_CHUNK_IMAGES": "4",
+        "TP_MIN_CHUNK_IMAGES": "1",
+        "TP_FETCH_WORKERS": "2",
+        "TP_BATCH_SIZE": "4",
+    }
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    yield Settings.from_env()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def embedded_s3(settings: Settings):
+    port = int(settings.s3_endpoint.rsplit(":", 1)[1])
+    server = EmbeddedS3(port).start(settings)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(embedded_s3, settings: Settings):
+    return s3_client(settings)
+
+
+@pytest.fixture(scope="session")
+def model_ref(s3, settings: Settings) -> models.ModelRef:
+    card, artifact = models.builtin_model()
+    return models.publish_model(s3, settings.model_bucket, card, artifact)
+
+
+@pytest.fixture(scope="session")
+def photographs() -> dict[str, bytes]:
+    return dict(photos.sample_set(variants_per_photo=1))
+
+
+@pytest.fixture
+def upload_images(s3, settings: Settings):
+    """Uploads named images under a fresh prefix and returns their URIs in order."""
+
+    def upload(images: dict[str, bytes]) -> list[str]:
+        prefix = f"test-{uuid.uuid4().hex[:8]}/"
+        uris = []
+        for name, data in images.items():
+            s3.put_object(Bucket="images", Key=prefix + name, Body=data)
+            uris.append(f"s3://images/{prefix}{name}")
+        return uris
+
+    return upload
+
+
+@pytest.fixture
+def instance(tmp_path):
+    from dagster import DagsterInstance
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server on 127.0.0.1:5432, started (or installed from Debian's packages) if none runs."""
+    import psycopg2
+
+    def connectable() -> bool:
+        try:
+            psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3).close()
+        except psycopg2.OperationalError:
+            return False
+        return True
+
+    if not connectable():
+        if not shutil.which("pg_ctlcluster"):
+            subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True)
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
+        deadline = time.monotonic() + 60
+        while not connectable():
+            if time.monotonic() > deadline:
+                pytest.fail("PostgreSQL on 127.0.0.1:5432 did not start (trust auth for user postgres is expected)")
+            time.sleep(1)
+    return "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh database for one test, dropped afterwards."""
+    import psycopg2
+
+    name = f"tagging_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(f"{postgres_server}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield f"{postgres_server}/{name}"
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def definitions(settings: Settings, embedded_s3):
+    from definitions import build_definitions
+
+    return build_definitions(settings)
+
+
+@pytest.fixture
+def registered_instance(instance, definitions):
+    """A Dagster instance in which the default model has been registered (the publish_model job ran)."""
+    assert definitions.resolve_job_def("publish_model").execute_in_process(instance=instance).success
+    return instance

@@ -1,0 +1,55 @@
+"""The manifest sensor, ticked against the embedded S3 server with a real Dagster instance."""
+
+import json
+import uuid
+
+import dagster as dg
+
+from tagging_platform import intake
+
+
+def _tick(definitions, instance, cursor=None):
+    sensor = definitions.resolve_sensor_def("manifest_sensor")
+    # An instance ref, as the daemon gives: the sensor's new partitions are then known to its run requests.
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(),
+        cursor=cursor,
+        resources=dict(definitions.resources),
+        repository_def=definitions.get_repository_def(),
+    ) as context:
+        data = sensor.evaluate_tick(context)
+    for request in data.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return data
+
+
+def test_the_first_tick_registers_the_model_before_any_manifest(definitions, instance, s3, settings):
+    s3.put_object(Bucket="manifests", Key=f"{settings.manifest_prefix}early-{uuid.uuid4().hex[:6]}.json", Body=b"{}")
+    data = _tick(definitions, instance)
+    assert [r.job_name for r in data.run_requests] == ["publish_model"]
+    assert data.dynamic_partitions_requests == []
+
+
+def test_new_manifest_then_nothing_then_a_changed_manifest(definitions, registered_instance, s3, settings):
+    instance = registered_instance
+    data = _tick(definitions, instance)  # whatever earlier tests left in the bucket
+    cursor = data.cursor
+    batch = f"sensor-{uuid.uuid4().hex[:6]}"
+    key = f"{settings.manifest_prefix}{batch}.json"
+    s3.put_object(Bucket="manifests", Key=key, Body=json.dumps({"images": ["s3://images/a.jpg"]}).encode())
+
+    data = _tick(definitions, instance, cursor)
+    assert [(r.job_name, r.partition_key) for r in data.run_requests] == [("tag_manifest", batch)]
+    first_run_key = data.run_requests[0].run_key
+    assert batch in instance.get_dynamic_partitions("manifests")
+    record = intake.read_partition(s3, settings.warehouse_bucket, batch)
+    assert record["manifest"] == f"s3://manifests/{key}"
+
+    data = _tick(definitions, instance, data.cursor)
+    assert data.run_requests == []
+
+    s3.put_object(Bucket="manifests", Key=key, Body=json.dumps({"images": ["s3://images/b.jpg"]}).encode())
+    data = _tick(definitions, instance, data.cursor)
+    assert [r.partition_key for r in data.run_requests] == [batch]
+    assert data.run_requests[0].run_key != first_run_key
+    assert data.dynamic_partitions_requests == []

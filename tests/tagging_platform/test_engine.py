@@ -1,0 +1,78 @@
+"""The engine on real photographs and the real model, reading from the embedded S3 server over HTTP."""
+
+import pytest
+
+from tagging_platform import engine, tags
+from tagging_platform.models import ModelRef
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
+COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
+
+
+@pytest.fixture(scope="module")
+def tagger(s3, model_ref: ModelRef):
+    return engine.Tagger.load(s3, model_ref, device="cpu", batch_size=4, fetch_workers=2)
+
+
+def _spec(uris, model_ref, index=0, etag="manifest-etag"):
+    return engine.ChunkSpec(
+        partition="engine-test", manifest="s3://manifests/incoming/engine-test.json", manifest_etag=etag,
+        index=index, positions=tuple(range(len(uris))), images=tuple(uris), model=model_ref,
+    )
+
+
+def test_real_photographs_get_the_tags_a_person_would_expect(s3, tagger, photographs, upload_images, model_ref):
+    uris = upload_images({"cat.jpg": photographs["chelsea.jpg"], "coffee.jpg": photographs["coffee.jpg"]})
+    rows, stats = tagger.tag(s3, _spec(uris, model_ref), run_id="run-1")
+    by_image = {row["image"]: row for row in rows}
+    cat, coffee = by_image[uris[0]], by_image[uris[1]]
+    assert {t["name"] for t in cat["tags"]} & CAT_CLASSES
+    assert {t["name"] for t in coffee["tags"]} & COFFEE_CLASSES
+    assert cat["status"] == tags.STATUS_OK and cat["etag"]
+    assert cat["model_version"] == model_ref.version and cat["run_id"] == "run-1"
+    assert all(0 < t["confidence"] <= 1 for t in cat["tags"])
+    assert (stats.images, stats.tagged, stats.errors) == (2, 2, 0)
+
+
+def test_bad_images_become_error_rows_with_reasons(s3, tagger, photographs, upload_images, model_ref):
+    good = photographs["rocket.jpg"]
+    uris = upload_images(
+        {"truncated.jpg": good[: len(good) // 3], "text.jpg": b"this is not an image", "empty.jpg": b"", "ok.jpg": good}
+    )
+    missing = uris[0].rsplit("/", 1)[0] + "/missing.jpg"
+    rows, stats = tagger.tag(s3, _spec([*uris, missing], model_ref), run_id="run-1")
+    by_image = {row["image"]: row for row in rows}
+    assert len(rows) == 5
+    assert by_image[uris[3]]["status"] == tags.STATUS_OK
+    errors = {uri.rsplit("/", 1)[-1]: by_image[uri]["error"] for uri in [*uris[:3], missing]}
+    assert "truncated" in errors["truncated.jpg"] or "decode failed" in errors["truncated.jpg"]
+    assert errors["text.jpg"].startswith("not an image")
+    assert errors["empty.jpg"].startswith("not an image")
+    assert errors["missing.jpg"].startswith("not found")
+    assert stats.errors == 4
+
+
+def test_a_chunk_result_is_written_once_and_a_rerun_skips_the_work(s3, settings, photographs, upload_images, model_ref):
+    uris = upload_images({"a.jpg": photographs["flower.jpg"], "b.jpg": photographs["china.jpg"]})
+    spec = _spec(uris, model_ref, index=3, etag=f"etag-{uris[0]}")
+    loads = []
+
+    def load():
+        loads.append(1)
+        return engine.Tagger.load(s3, model_ref, device="cpu", batch_size=4, fetch_workers=2)
+
+    first = engine.run_chunk(s3, settings.warehouse_bucket, spec, "run-1", load)
+    second = engine.run_chunk(s3, settings.warehouse_bucket, spec, "run-2", load)
+    assert not first.skipped and second.skipped
+    assert len(loads) == 1
+    assert (second.images, second.tagged, second.errors) == (2, 2, 0)
+    table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
+    assert table.num_rows == 2 and set(table.column("run_id").to_pylist()) == {"run-1"}
+    assert table.schema.equals(tags.TAG_SCHEMA, check_metadata=False)
+
+
+def test_a_changed_manifest_gets_a_fresh_chunk_result(model_ref):
+    same = _spec(["s3://images/a.jpg"], model_ref, etag="one")
+    changed = _spec(["s3://images/a.jpg"], model_ref, etag="two")
+    assert same.result_key != changed.result_key
+    assert same.result_key == _spec(["s3://images/a.jpg"], model_ref, etag="one").result_key

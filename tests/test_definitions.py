@@ -1,0 +1,71 @@
+"""The definitions load, for each deployment, with every asset, check, sensor and job the platform promises."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from definitions import build_definitions, defs
+from tagging_platform.settings import Settings
+
+ASSETS = {"tagger_model", "manifest", "image_tags", "published_tags", "tag_quality_metrics"}
+CHECKS = {
+    ("image_tags", "every_image_accounted_for"),
+    ("image_tags", "error_rate"),
+    ("image_tags", "low_confidence_share"),
+}
+
+
+def _asset_names(definitions: dg.Definitions) -> set[str]:
+    graph = definitions.resolve_asset_graph()
+    return {key.to_user_string() for key in graph.get_all_asset_keys()}
+
+
+def _check_names(definitions: dg.Definitions) -> set[tuple[str, str]]:
+    graph = definitions.resolve_asset_graph()
+    return {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
+
+
+def test_definitions_load_with_every_asset_check_sensor_and_job():
+    assert _asset_names(defs) == ASSETS
+    assert _check_names(defs) == CHECKS
+    assert {s.name for s in defs.sensors} == {"manifest_sensor"}
+    for job in ("tag_manifest", "publish_model"):
+        assert defs.resolve_job_def(job).name == job
+
+
+def test_the_completeness_check_blocks_publishing():
+    graph = defs.resolve_asset_graph()
+    blocking = {key.name for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
+    assert blocking == {"every_image_accounted_for"}
+
+
+def test_manifest_assets_share_one_dynamic_partition_per_manifest():
+    graph = defs.resolve_asset_graph()
+    for name in ASSETS - {"tagger_model"}:
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "manifests"
+    assert graph.get(dg.AssetKey("tagger_model")).partitions_def is None
+
+
+def test_the_sensor_runs_by_default():
+    sensor = defs.resolve_sensor_def("manifest_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+@pytest.mark.parametrize("deployment, executor", [("local", "multiprocess"), ("k8s", "k8s")])
+def test_each_deployment_chooses_its_executor(deployment, executor):
+    definitions = build_definitions(Settings.from_env({"TP_DEPLOYMENT": deployment}))
+    assert definitions.resolve_job_def("tag_manifest").executor_def.name == executor
+    assert _asset_names(definitions) == ASSETS
+
+
+def test_tag_chunk_steps_ask_kubernetes_for_a_gpu_on_the_gpu_pool():
+    job = defs.resolve_job_def("tag_manifest")
+    tag_chunk = next(node for node in job.graph.iterate_op_defs() if node.name == "tag_chunk")
+    k8s = json.loads(tag_chunk.tags["dagster-k8s/config"])
+    assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert k8s["pod_spec_config"]["node_selector"] == {"tagging.platform/pool": "gpu"}
+    assert k8s["pod_spec_config"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    others = [op for op in job.graph.iterate_op_defs() if op.name != "tag_chunk"]
+    assert others and all("dagster-k8s/config" not in op.tags for op in others)
