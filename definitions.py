@@ -7,13 +7,15 @@ from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
 from resources import build_resources
 from sensors import build_manifest_sensor
-from tagging_platform.settings import Settings
+from tagging_platform.settings import PROCESS_ENV, Settings
 
 
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     if settings.deployment == "k8s":
         # The image, namespace and service account come from the K8sRunLauncher on the instance.
-        return k8s_job_executor.configured({"max_concurrent": settings.max_gpus * 2, "env_vars": []})
+        return k8s_job_executor.configured(
+            {"max_concurrent": settings.max_gpus * 2, "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()]}
+        )
     return dg.multiprocess_executor.configured({"max_concurrent": 2})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import boto3
@@ -34,6 +35,9 @@ class EmbeddedS3:
 
     def __init__(self, port: int) -> None:
         from moto.server import ThreadedMotoServer
+
+        # One log line per request would drown the demo's own output.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
         self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tagging_platform.dagster_client import DagsterClient
 from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
-from tagging_platform.settings import Settings
+from tagging_platform.settings import PROCESS_ENV, Settings
 
 _INSTANCE_YAML = """\
 telemetry:
@@ -67,7 +67,7 @@ class LocalPlatform:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.as_env(), "DAGSTER_HOME": str(self.dagster_home)}
+        return {**os.environ, **PROCESS_ENV, **self.settings.as_env(), "DAGSTER_HOME": str(self.dagster_home)}
 
     def s3(self):
         return s3_client(self.settings)
