@@ -49,7 +49,7 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
         "format": parsed.format,
         "id": parsed.id,
         "model": model.as_dict() if model else None,
-        "output": parsed.output or settings.output_root + context.partition_key + "/",
+        "output": parsed.output or settings.output_root,
     }
     return dg.Output(
         table,

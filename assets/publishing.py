@@ -31,7 +31,7 @@ def published_tags(
     if len(model_versions) != 1:
         raise dg.Failure(f"image_tags mixes model versions {sorted(model_versions)}: refusing to publish")
     model = ModelRef(image_tags.column("model_name")[0].as_py(), model_versions.pop(), settings.model_bucket)
-    location = publishing.output_location(manifest.attrs["output"], model)
+    location = publishing.output_location(manifest.attrs["output"], context.partition_key, model)
     marker = publishing.publish(
         s3.get_client(),
         image_tags,

@@ -75,7 +75,11 @@ class LocalPlatform:
     def start(self, timeout_s: float = 180) -> LocalPlatform:
         self._s3 = EmbeddedS3(self.s3_port).start(self.settings)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
-        instance_yaml = _INSTANCE_YAML + (_POSTGRES_YAML.format(url=self.postgres_url) if self.postgres_url else "")
+        instance_yaml = _INSTANCE_YAML
+        if self.postgres_url:
+            # SQLAlchemy reads a bare postgresql:// as psycopg 3; dagster-postgres ships psycopg2.
+            url = self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+            instance_yaml += _POSTGRES_YAML.format(url=url)
         (self.dagster_home / "dagster.yaml").write_text(instance_yaml)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(

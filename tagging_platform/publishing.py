@@ -17,9 +17,10 @@ from tagging_platform.models import ModelRef
 MARKER_NAME = "_COMPLETE.json"
 
 
-def output_location(base: str, model: ModelRef) -> str:
-    """Outputs are versioned by model, so a re-tag with a new model never overwrites the old tags."""
-    return f"{base}{model.name}/{model.short_version}/"
+def output_location(base: str, partition: str, model: ModelRef) -> str:
+    """Each batch has its own prefix under the output location (two batches never share parts), and
+    each model version its own under that, so re-tagging with a new model never overwrites old tags."""
+    return f"{base}{partition}/{model.name}/{model.short_version}/"
 
 
 def publish(

@@ -22,12 +22,12 @@ def tag_manifest_job():
 
 @pytest.fixture
 def batch(s3, settings, photographs, upload_images):
-    """A manifest of real photographs plus a corrupt JPEG and a missing key, noticed as the sensor would."""
+    """A manifest of real photographs plus a corrupt JPEG and a missing key, with its own output location."""
     uris = upload_images({**photographs, "corrupt.jpg": photographs["coffee.jpg"][:5000]})
     uris.append(uris[0].rsplit("/", 1)[0] + "/missing.jpg")
     partition = f"job-{uuid.uuid4().hex[:6]}"
     key = f"{settings.manifest_prefix}{partition}.json"
-    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": uris}).encode())
+    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": uris, "output": "s3://tags/customer-a/"}).encode())
     head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
     obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
     intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
@@ -35,7 +35,7 @@ def batch(s3, settings, photographs, upload_images):
 
 
 def _published(s3, settings, partition):
-    prefix = f"{settings.output_prefix}{partition}/"
+    prefix = f"customer-a/{partition}/"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=prefix).get("Contents", [])]
     [marker_key] = [k for k in keys if k.endswith(publishing.MARKER_NAME)]
     marker = json.loads(s3.get_object(Bucket=settings.output_bucket, Key=marker_key)["Body"].read())

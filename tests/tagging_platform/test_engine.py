@@ -76,3 +76,46 @@ def test_a_changed_manifest_gets_a_fresh_chunk_result(model_ref):
     changed = _spec(["s3://images/a.jpg"], model_ref, etag="two")
     assert same.result_key != changed.result_key
     assert same.result_key == _spec(["s3://images/a.jpg"], model_ref, etag="one").result_key
+
+
+def test_a_torchscript_model_in_the_model_bucket_tags_like_the_network_it_was_made_from(
+    s3, settings, photographs, upload_images, model_ref
+):
+    """How a customer's own network plugs in: any TorchScript artifact registered with labels and preprocessing."""
+    import hashlib
+    import io
+
+    import torch
+
+    from tagging_platform import models
+
+    builtin, weights = models.builtin_model()
+    network = models.load_network(builtin, weights, "cpu")
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(network), buffer)
+    artifact = buffer.getvalue()
+    card = models.ModelCard(
+        name="customer-net", kind="torchscript", artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+        labels=builtin.labels, preprocessing=builtin.preprocessing,
+    )
+    ref = models.publish_model(s3, settings.model_bucket, card, artifact)
+    assert models.resolve_model(s3, settings.model_bucket, "customer-net") == ref
+    assert models.resolve_model(s3, settings.model_bucket, f"customer-net@{ref.short_version}") == ref
+
+    uris = upload_images({"cat.jpg": photographs["chelsea.jpg"], "coffee.jpg": photographs["coffee.jpg"]})
+    scripted = engine.Tagger.load(s3, ref, device="cpu", batch_size=4, fetch_workers=2)
+    builtin_tagger = engine.Tagger.load(s3, model_ref, device="cpu", batch_size=4, fetch_workers=2)
+    rows, _ = scripted.tag(s3, _spec(uris, ref), run_id="run-1")
+    expected, _ = builtin_tagger.tag(s3, _spec(uris, model_ref), run_id="run-1")
+    assert [r["top_tag"] for r in rows] == [r["top_tag"] for r in expected]
+    assert [r["top_confidence"] for r in rows] == pytest.approx([r["top_confidence"] for r in expected], abs=1e-4)
+    assert {r["model_name"] for r in rows} == {"customer-net"}
+
+
+def test_an_unknown_model_is_a_clear_error(s3, settings, model_ref):
+    from tagging_platform import models
+
+    with pytest.raises(models.ModelError, match="unknown model 'no-such-model'"):
+        models.resolve_model(s3, settings.model_bucket, "no-such-model")
+    with pytest.raises(models.ModelError, match="unknown version"):
+        models.resolve_model(s3, settings.model_bucket, "mobilenet_v2@0123456789abcdef")
