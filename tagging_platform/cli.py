@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,8 @@ def run_dev(args) -> int:
     from tagging_platform.local import LocalPlatform
 
     platform = LocalPlatform(args.workspace, s3_port=args.s3_port, ui_port=args.port)
+    # A terminal's Ctrl-C and a supervisor's SIGTERM both stop dagster dev and the S3 server with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with platform:
         print(f"embedded S3 at {platform.settings.s3_endpoint}")
         print(f"Dagster UI at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})")
