@@ -21,7 +21,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     )
     return {
         "s3": s3,
-        "platform": PlatformSettings(),
+        "platform": PlatformSettings(values=settings.as_env()),
         # Step-to-step values (the chunk plan) cross processes and pods, so they live in S3 too.
         "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=settings.warehouse_bucket, s3_prefix="dagster/steps"),
         "warehouse_io_manager": WarehouseIOManager(s3=s3, bucket=settings.warehouse_bucket),

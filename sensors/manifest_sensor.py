@@ -1,4 +1,8 @@
-"""The manifest sensor: new or changed manifests in the manifest bucket become partitions and runs."""
+"""The manifest sensors: new or changed manifests become partitions and runs, by listing or by S3 events."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -7,12 +11,22 @@ from assets.jobs import publish_model_job, tag_manifest_job
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from tagging_platform import intake
+from tagging_platform.embedded import aws_client
+from tagging_platform.events import ManifestQueue
 from tagging_platform.settings import Settings
 
 TAGGER_MODEL = dg.AssetKey("tagger_model")
+# A tick stops taking messages well before Dagster's 60 s limit on a sensor evaluation; what is
+# left waits in the queue for the next tick.
+EVENTS_BUDGET_S = 10.0
 
 
 def build_manifest_sensor(settings: Settings) -> dg.SensorDefinition:
+    """The sensor the settings choose: both make the same partitions and runs for the same manifests."""
+    return _events_sensor(settings) if settings.intake == "events" else _listing_sensor(settings)
+
+
+def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="manifest_sensor",
         minimum_interval_seconds=settings.sensor_interval_s,
@@ -21,42 +35,93 @@ def build_manifest_sensor(settings: Settings) -> dg.SensorDefinition:
         jobs=[tag_manifest_job, publish_model_job],
     )
     def manifest_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, platform: PlatformSettings):
-        return evaluate(context, s3.get_client(), platform.settings)
+        if (bootstrap := _register_model_first(context)) is not None:
+            return bootstrap
+        settings = platform.settings
+        client = s3.get_client()
+        found, cursor = intake.scan_manifests(
+            client,
+            settings.manifest_bucket,
+            settings.manifest_prefix,
+            intake.ScanCursor.parse(context.cursor),
+            max_keys=settings.sensor_max_keys_per_tick,
+        )
+        return _result(context, client, settings, found, cursor.serialize())
 
     return manifest_sensor
 
 
-def evaluate(context: dg.SensorEvaluationContext, client, settings: Settings) -> dg.SensorResult | dg.SkipReason:
-    # Tagging needs a registered model: the first tick registers it and holds manifests back until then.
-    if context.instance.get_latest_materialization_event(TAGGER_MODEL) is None:
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key="register-default-model", job_name=publish_model_job.name)],
-            skip_reason=None,
-        )
-    cursor = intake.ScanCursor.parse(context.cursor)
-    found, cursor = intake.scan_manifests(
-        client, settings.manifest_bucket, settings.manifest_prefix, cursor, max_keys=settings.sensor_max_keys_per_tick
+def _events_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="manifest_events_sensor",
+        minimum_interval_seconds=settings.sensor_interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Reads S3 event notifications of s3://{settings.manifest_bucket}/ from SQS queue "
+        f"{settings.manifest_queue}.",
+        jobs=[tag_manifest_job, publish_model_job],
     )
-    known = set(context.instance.get_dynamic_partitions(manifests_partitions.name))
-    new_partitions: list[str] = []
-    run_requests = []
-    for obj in found:
-        partition = intake.partition_for(obj, settings.manifest_prefix)
-        intake.record_partition(client, settings.warehouse_bucket, partition, obj)
-        if partition not in known and partition not in new_partitions:
-            new_partitions.append(partition)
-        run_requests.append(
-            dg.RunRequest(
-                run_key=obj.run_key,
-                job_name=tag_manifest_job.name,
-                partition_key=partition,
-                tags={"tagging/manifest": obj.uri, "tagging/manifest_etag": obj.etag},
+    def manifest_events_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, platform: PlatformSettings):
+        if (bootstrap := _register_model_first(context)) is not None:
+            return bootstrap
+        settings = platform.settings
+        queue = ManifestQueue(aws_client("sqs", settings), settings)
+        # The cursor holds the messages whose runs the previous tick asked for. Dagster stores a
+        # cursor only after recording that tick's run requests, so deleting them now never loses
+        # one; a crash before this point redelivers them, and their run keys start nothing twice.
+        handled = json.loads(context.cursor or "[]")
+        if handled:
+            queue.delete(handled)
+        started = time.monotonic()
+        received = queue.receive(settings.events_per_tick, EVENTS_BUDGET_S)
+        poison = [m for m in received if m.error]
+        for message in poison:
+            context.log.warning(
+                f"message {message.message_id} (received {message.receive_count}x) is not an S3 event "
+                f"notification: {message.error}; it moves to {settings.manifest_dead_letter_queue} after "
+                f"{settings.max_receives} receives"
             )
+        dead = queue.dead_letters()
+        if dead:
+            context.log.warning(f"{dead} message(s) in dead-letter queue {settings.manifest_dead_letter_queue}")
+        found = [obj for m in received if not m.error for obj in m.manifests]
+        context.log.debug(f"{len(received)} message(s), {len(found)} manifest(s) in {time.monotonic() - started:.1f} s")
+        cursor = json.dumps([m.receipt_handle for m in received if not m.error])
+        return _result(context, s3.get_client(), settings, found, cursor)
+
+    return manifest_events_sensor
+
+
+def _register_model_first(context: dg.SensorEvaluationContext) -> dg.SensorResult | None:
+    """Tagging needs a registered model: the first tick registers it and holds manifests back until then."""
+    if context.instance.get_latest_materialization_event(TAGGER_MODEL) is not None:
+        return None
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key="register-default-model", job_name=publish_model_job.name)])
+
+
+def _result(
+    context: dg.SensorEvaluationContext, client, settings: Settings, found: list[intake.ManifestObject], cursor: str
+) -> dg.SensorResult:
+    """One run per manifest version (run key = key + ETag), a new partition per new manifest key."""
+    known = set(context.instance.get_dynamic_partitions(manifests_partitions.name))
+    unique = list({obj.run_key: obj for obj in found}.values())  # an event delivered twice in one tick
+    partitions = [intake.partition_for(obj, settings.manifest_prefix) for obj in unique]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p, o: intake.record_partition(client, settings.warehouse_bucket, p, o), partitions, unique))
+    new_partitions = list(dict.fromkeys(p for p in partitions if p not in known))
+    run_requests = [
+        dg.RunRequest(
+            run_key=obj.run_key,
+            job_name=tag_manifest_job.name,
+            partition_key=partition,
+            tags={"tagging/manifest": obj.uri, "tagging/manifest_etag": obj.etag},
         )
+        for obj, partition in zip(unique, partitions, strict=True)
+    ]
     if run_requests:
-        context.log.info(f"{len(run_requests)} manifest(s): {', '.join(r.partition_key for r in run_requests)}")
+        shown = ", ".join(partitions[:10]) + (f" and {len(partitions) - 10} more" if len(partitions) > 10 else "")
+        context.log.info(f"{len(run_requests)} manifest(s): {shown}")
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[manifests_partitions.build_add_request(new_partitions)] if new_partitions else [],
-        cursor=cursor.serialize(),
+        cursor=cursor,
     )

@@ -18,10 +18,14 @@ def free_port() -> int:
 
 
 def s3_client(settings: Settings):
+    return aws_client("s3", settings)
+
+
+def aws_client(service: str, settings: Settings):
     """A boto3 client for the configured endpoint: the embedded server locally, AWS in production."""
     local = settings.deployment == "local"
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=settings.s3_endpoint or None,
         region_name=settings.aws_region,
         aws_access_key_id="embedded" if local else None,
@@ -31,7 +35,8 @@ def s3_client(settings: Settings):
 
 
 class EmbeddedS3:
-    """moto's threaded server on loopback, with the platform's buckets created."""
+    """moto's threaded server on loopback (S3 and SQS), with the platform's buckets created and, for
+    event intake, the manifest bucket notifying its queue as it would on AWS."""
 
     def __init__(self, port: int) -> None:
         from moto.server import ThreadedMotoServer
@@ -46,6 +51,10 @@ class EmbeddedS3:
     def start(self, settings: Settings) -> EmbeddedS3:
         self._server.start()
         create_buckets(s3_client(settings), settings)
+        if settings.intake == "events":
+            from tagging_platform.events import configure_notifications
+
+            configure_notifications(s3_client(settings), aws_client("sqs", settings), settings)
         return self
 
     def stop(self) -> None:

@@ -74,9 +74,18 @@ class Settings:
     batch_size: int = 32
     fetch_workers: int = 4
     device: str = "auto"
-    # Sensor.
+    # Intake: "listing" lists the manifest bucket with a cursor; "events" reads the bucket's S3 event
+    # notifications from an SQS queue (production with large buckets: nothing is listed).
+    intake: str = "listing"
     sensor_interval_s: int = 5
     sensor_max_keys_per_tick: int = 10_000
+    manifest_queue: str = "manifest-events"
+    manifest_dead_letter_queue: str = "manifest-events-dead-letter"
+    # A message received this many times without being handled moves to the dead-letter queue.
+    max_receives: int = 5
+    # Longer than two sensor intervals: a message is deleted one tick after its run is recorded.
+    queue_visibility_s: int = 60
+    events_per_tick: int = 2_000
     max_manifest_images: int = 10_000_000
     # The k8s deployment's GPU pool, used for the tag_chunk step pods.
     gpu_node_selector: str = "tagging.platform/pool=gpu"
@@ -100,6 +109,8 @@ class Settings:
     def validate(self) -> None:
         if self.deployment not in ("local", "k8s"):
             raise SettingsError(f"TP_DEPLOYMENT must be 'local' or 'k8s', not {self.deployment!r}")
+        if self.intake not in ("listing", "events"):
+            raise SettingsError(f"TP_INTAKE must be 'listing' or 'events', not {self.intake!r}")
         if self.publish_format not in ("jsonl", "objects"):
             raise SettingsError(
                 f"TP_PUBLISH_FORMAT must be 'jsonl' or 'objects', not {self.publish_format!r}"

@@ -53,6 +53,12 @@ def test_the_sensor_runs_by_default():
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def test_one_setting_switches_intake_to_s3_events():
+    definitions = build_definitions(Settings.from_env({"TP_INTAKE": "events"}))
+    assert {s.name for s in definitions.sensors} == {"manifest_events_sensor"}
+    assert definitions.resolve_sensor_def("manifest_events_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+
+
 @pytest.mark.parametrize("deployment, executor", [("local", "multiprocess"), ("k8s", "k8s")])
 def test_each_deployment_chooses_its_executor(deployment, executor):
     definitions = build_definitions(Settings.from_env({"TP_DEPLOYMENT": deployment}))
