@@ -46,8 +46,33 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--max-chunk-images", type=int)
     plan.add_argument("--json", action="store_true")
 
+    query = commands.add_parser("query", help="SQL over the tag tables: views `tags` (per image), `tag_labels` (per tag)")
+    query.add_argument("sql")
+    query.add_argument("--manifest", action="append", help="only this batch (repeatable); default: all")
+    query.add_argument("--model", help="only tags from this model, NAME or NAME@VERSION")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
     args = parser.parse_args(argv)
-    return {"demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan}[args.command](args)
+    commands_by_name = {"demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query}
+    return commands_by_name[args.command](args)
+
+
+def run_query(args) -> int:
+    from tagging_platform import warehouse
+
+    try:
+        result = warehouse.query(args.sql, manifests=args.manifest, model=args.model)
+    except Exception as exc:  # noqa: BLE001 - DuckDB's and S3's errors, shown without a traceback
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    frame = result.to_pandas()
+    if args.format == "csv":
+        print(frame.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(frame.to_json(orient="records", lines=True, date_format="iso"), end="")
+    else:
+        print(frame.to_string(index=False) if len(frame) else "(no rows)")
+    return 0
 
 
 def run_plan(args) -> int:

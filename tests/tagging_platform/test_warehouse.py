@@ -1,0 +1,73 @@
+"""Analysts' access to the tag tables in S3: load_tags and SQL through DuckDB."""
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from tagging_platform import tags, warehouse
+
+
+def _rows(partition, labels, model_version="sha256:aaaa"):
+    now = datetime.now(timezone.utc)
+    return [
+        {
+            "image": f"s3://images/{partition}/{i}.jpg", "position": i, "etag": f"e{i}", "status": tags.STATUS_OK,
+            "error": None, "tags": [{"name": n, "confidence": c, "parents": []} for n, c in label],
+            "top_tag": label[0][0], "top_confidence": label[0][1], "model_name": "mobilenet_v2",
+            "model_version": model_version, "manifest": f"s3://manifests/incoming/{partition}.json",
+            "partition": partition, "chunk": 0, "run_id": "run-1", "tagged_at": now,
+        }
+        for i, label in enumerate(labels)
+    ]
+
+
+@pytest.fixture
+def two_manifests(s3, settings):
+    run = uuid.uuid4().hex[:6]
+    first, second = f"wh-{run}-a", f"wh-{run}-b"
+    tables = {
+        first: _rows(first, [[("tabby", 0.95), ("tiger cat", 0.03)], [("espresso", 0.99)], [("tabby", 0.5)]]),
+        second: _rows(second, [[("espresso", 0.97)], [("espresso", 0.91)]], model_version="sha256:bbbb"),
+    }
+    for partition, rows in tables.items():
+        body = tags.to_parquet_bytes(tags.tag_table(rows))
+        s3.put_object(Bucket=settings.warehouse_bucket, Key=f"{warehouse.TAGS_PREFIX}manifest={partition}/data.parquet", Body=body)
+    return first, second
+
+
+def test_load_tags_for_one_manifest_and_one_model(settings, two_manifests):
+    first, second = two_manifests
+    frame = warehouse.load_tags(manifest=first, settings=settings)
+    assert sorted(frame["top_tag"]) == ["espresso", "tabby", "tabby"]
+    both = warehouse.load_tags(manifest=[first, second], model="mobilenet_v2@bbbb", settings=settings)
+    assert set(both["partition"]) == {second}
+
+
+def test_sql_over_images_and_over_tags(settings, two_manifests):
+    first, second = two_manifests
+    top = warehouse.query(
+        "SELECT tag, count(*) AS images FROM tag_labels GROUP BY tag ORDER BY images DESC, tag",
+        settings=settings, manifests=[first],
+    ).to_pylist()
+    assert top[0] == {"tag": "tabby", "images": 2}
+    confident = warehouse.query(
+        "SELECT image FROM tag_labels WHERE tag = 'espresso' AND confidence > 0.95 ORDER BY image",
+        settings=settings, manifests=[first, second],
+    ).column("image").to_pylist()
+    assert confident == [f"s3://images/{first}/1.jpg", f"s3://images/{second}/0.jpg"]
+    everything = warehouse.query("SELECT count(*) AS n FROM tags", settings=settings).to_pylist()[0]["n"]
+    assert everything >= 5
+
+
+def test_the_query_command_prints_a_table_csv_or_json(settings, two_manifests, capsys):
+    from tagging_platform.cli import main
+
+    first, _ = two_manifests
+    sql = "SELECT tag, count(*) AS images FROM tag_labels GROUP BY tag ORDER BY images DESC, tag"
+    assert main(["query", sql, "--manifest", first, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["tag,images", "tabby,2"]
+    assert main(["query", sql, "--manifest", first, "--format", "json"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == '{"tag":"tabby","images":2}'
+    assert main(["query", "SELECT nonsense FROM nowhere"]) == 2
+    assert "error:" in capsys.readouterr().err
