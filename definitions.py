@@ -24,7 +24,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=all_assets,
         asset_checks=all_checks,
         jobs=[tag_manifest_job, publish_model_job],
-        sensors=[build_manifest_sensor(settings)],
+        sensors=[
+            build_manifest_sensor(settings),
+            # Keeps tag_quality_history current after every manifest; running from the start.
+            dg.AutomationConditionSensorDefinition(
+                "quality_history_automation",
+                target=dg.AssetSelection.keys("tag_quality_history"),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=settings.sensor_interval_s,
+            ),
+        ],
         resources=build_resources(settings),
         executor=executor_for(settings),
     )

@@ -1,5 +1,7 @@
 """Quality of a manifest's tags: the metrics asset and the checks that guard publishing."""
 
+import base64
+
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -23,6 +25,7 @@ def tag_quality_metrics(image_tags: pa.Table, platform: PlatformSettings) -> dg.
     return dg.Output(
         metrics,
         metadata={
+            "confidence_histogram": dg.MetadataValue.md(_image(quality.confidence_histogram_png(metrics))),
             "images": metrics["images"],
             "coverage": dg.MetadataValue.float(metrics["coverage"]),
             "error_rate": dg.MetadataValue.float(metrics["error_rate"]),
@@ -32,6 +35,52 @@ def tag_quality_metrics(image_tags: pa.Table, platform: PlatformSettings) -> dg.
             "error_reasons": dg.MetadataValue.json(metrics["error_reasons"]),
         },
     )
+
+
+@dg.asset(
+    group_name="quality",
+    io_manager_key="warehouse_io_manager",
+    kinds={"pandas"},
+    owners=["team:ml-platform"],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Quality across manifests: one row per manifest, with tag-distribution drift (Jensen-Shannon "
+    "divergence) against the trailing manifests. Updated after every manifest.",
+)
+def tag_quality_history(tag_quality_metrics: dict, platform: PlatformSettings) -> dg.Output[pd.DataFrame]:
+    rows = quality.history(tag_quality_metrics, baseline=platform.settings.drift_baseline_manifests)
+    frame = pd.DataFrame(rows)
+    latest = rows[-1] if rows else {}
+    return dg.Output(
+        frame,
+        metadata={
+            "manifests": len(rows),
+            "latest": latest.get("partition", ""),
+            "latest_drift_jsd": dg.MetadataValue.float(float(latest.get("drift_jsd") or 0.0)),
+            "drift": dg.MetadataValue.md(_image(quality.drift_chart_png(rows)) if rows else "no manifests yet"),
+            "history": dg.MetadataValue.md(frame.tail(20).to_markdown(index=False) if rows else ""),
+        },
+    )
+
+
+@dg.asset_check(asset=tag_quality_history, description="The latest manifest's tags are not far from the trailing ones.")
+def tag_distribution_drift(tag_quality_history: pd.DataFrame, platform: PlatformSettings) -> dg.AssetCheckResult:
+    threshold = platform.settings.drift_warn_jsd
+    measured = tag_quality_history.dropna(subset=["drift_jsd"])
+    drift = float(measured["drift_jsd"].iloc[-1]) if len(measured) else 0.0
+    return dg.AssetCheckResult(
+        passed=drift <= threshold,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "manifest": str(measured["partition"].iloc[-1]) if len(measured) else "",
+            "drift_jsd": dg.MetadataValue.float(drift),
+            "warn_above": threshold,
+        },
+    )
+
+
+def _image(png: bytes) -> str:
+    """Markdown metadata can carry a chart inline: the UI shows it on the materialization."""
+    return f"![chart](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 @dg.asset_check(

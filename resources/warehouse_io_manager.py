@@ -25,16 +25,14 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
     bucket: str
     prefix: str = "assets/"
 
-    def _base(self, context: dg.InputContext | dg.OutputContext) -> str:
-        path = "/".join(context.asset_key.path)
-        if context.has_asset_partitions:
-            return f"{self.prefix}{path}/manifest={context.asset_partition_key}/data"
-        return f"{self.prefix}{path}/data"
+    def _base(self, asset_key: dg.AssetKey, partition: str | None) -> str:
+        path = "/".join(asset_key.path)
+        return f"{self.prefix}{path}/manifest={partition}/data" if partition else f"{self.prefix}{path}/data"
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        base = self._base(context)
+        base = self._base(context.asset_key, context.asset_partition_key if context.has_asset_partitions else None)
         client = self.s3.get_client()
         if isinstance(obj, pd.DataFrame):
             table = pa.Table.from_pandas(obj, preserve_index=False)
@@ -55,9 +53,23 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__}")
 
     def load_input(self, context: dg.InputContext) -> Any:
-        base = self._base(context)
-        client = self.s3.get_client()
+        """One partition's value, or, for an unpartitioned asset downstream, {partition: value} of all
+        partitions that were materialized."""
         wanted = context.dagster_type.typing_type
+        if not context.has_asset_partitions:
+            return self._load(self._base(context.asset_key, None), wanted)
+        if context.has_partition_key:
+            return self._load(self._base(context.asset_key, context.asset_partition_key), wanted)
+        values = {}
+        for partition in context.asset_partition_keys:
+            try:
+                values[partition] = self._load(self._base(context.asset_key, partition), dict)
+            except self.s3.get_client().exceptions.NoSuchKey:
+                continue  # a batch whose run failed before this asset
+        return values
+
+    def _load(self, base: str, wanted: Any) -> Any:
+        client = self.s3.get_client()
         if wanted is dict or wanted is list:
             return json.loads(client.get_object(Bucket=self.bucket, Key=base + ".json")["Body"].read())
         body = client.get_object(Bucket=self.bucket, Key=base + ".parquet")["Body"].read()

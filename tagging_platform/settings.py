@@ -58,6 +58,9 @@ class Settings:
     # A tag below this confidence counts as low-confidence for the quality metrics and checks.
     low_confidence: float = 0.3
     low_confidence_share_warn: float = 0.5
+    # Drift: Jensen-Shannon divergence of a manifest's tag distribution from the trailing manifests'.
+    drift_baseline_manifests: int = 5
+    drift_warn_jsd: float = 0.5
     error_rate_warn: float = 0.01
     error_rate_error: float = 0.05
     # Chunk planning (see planning.py): a pod's start-up cost against the per-image cost.

@@ -8,11 +8,12 @@ import pytest
 from definitions import build_definitions, defs
 from tagging_platform.settings import Settings
 
-ASSETS = {"tagger_model", "manifest", "image_tags", "published_tags", "tag_quality_metrics"}
+ASSETS = {"tagger_model", "manifest", "image_tags", "published_tags", "tag_quality_metrics", "tag_quality_history"}
 CHECKS = {
     ("image_tags", "every_image_accounted_for"),
     ("image_tags", "error_rate"),
     ("image_tags", "low_confidence_share"),
+    ("tag_quality_history", "tag_distribution_drift"),
 }
 
 
@@ -29,7 +30,7 @@ def _check_names(definitions: dg.Definitions) -> set[tuple[str, str]]:
 def test_definitions_load_with_every_asset_check_sensor_and_job():
     assert _asset_names(defs) == ASSETS
     assert _check_names(defs) == CHECKS
-    assert {s.name for s in defs.sensors} == {"manifest_sensor"}
+    assert {s.name for s in defs.sensors} == {"manifest_sensor", "quality_history_automation"}
     for job in ("tag_manifest", "publish_model"):
         assert defs.resolve_job_def(job).name == job
 
@@ -42,10 +43,11 @@ def test_the_completeness_check_blocks_publishing():
 
 def test_manifest_assets_share_one_dynamic_partition_per_manifest():
     graph = defs.resolve_asset_graph()
-    for name in ASSETS - {"tagger_model"}:
+    for name in ASSETS - {"tagger_model", "tag_quality_history"}:
         partitions = graph.get(dg.AssetKey(name)).partitions_def
         assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == "manifests"
     assert graph.get(dg.AssetKey("tagger_model")).partitions_def is None
+    assert graph.get(dg.AssetKey("tag_quality_history")).partitions_def is None
 
 
 def test_the_sensor_runs_by_default():
@@ -55,7 +57,7 @@ def test_the_sensor_runs_by_default():
 
 def test_one_setting_switches_intake_to_s3_events():
     definitions = build_definitions(Settings.from_env({"TP_INTAKE": "events"}))
-    assert {s.name for s in definitions.sensors} == {"manifest_events_sensor"}
+    assert {s.name for s in definitions.sensors} == {"manifest_events_sensor", "quality_history_automation"}
     assert definitions.resolve_sensor_def("manifest_events_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 

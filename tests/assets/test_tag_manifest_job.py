@@ -86,6 +86,25 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(register
     assert marker_again["run_id"] == rerun.run_id
 
 
+def test_quality_history_follows_every_manifest_with_drift(registered_instance, definitions, s3, settings, batch):
+    partition, uris = batch
+    instance = registered_instance
+    instance.add_dynamic_partitions("manifests", [partition])
+    assert dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition}).success
+
+    history_job = definitions.resolve_implicit_global_asset_job_def()
+    result = history_job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("tag_quality_history")])
+    assert result.success
+    history = result.output_for_node("tag_quality_history")
+    row = history.set_index("partition").loc[partition]
+    assert row["images"] == len(uris) and 0 < row["mean_confidence"] <= 1
+    assert row["error_rate"] == 2 / len(uris)  # the corrupt JPEG and the missing key
+    [materialization] = result.asset_materializations_for_node("tag_quality_history")
+    assert materialization.metadata["drift"].value.startswith("![chart](data:image/png;base64,")
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "tag_distribution_drift"
+
+
 def test_a_manifest_outside_the_allowed_buckets_is_rejected_before_any_tagging(registered_instance, s3, settings):
     partition = f"bad-{uuid.uuid4().hex[:6]}"
     key = f"{settings.manifest_prefix}{partition}.json"
