@@ -101,6 +101,7 @@ def postgres_server() -> str:
 
     if not connectable():
         if not shutil.which("pg_ctlcluster"):
+            subprocess.run(["apt-get", "update", "-q"], check=True)
             subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True)
         version = sorted(os.listdir("/etc/postgresql"))[-1]
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)

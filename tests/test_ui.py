@@ -26,6 +26,7 @@ def chromium() -> str:
     """Debian's Chromium, installed from the package archive when the machine lacks it."""
     path = shutil.which("chromium")
     if path is None:
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True)
         path = shutil.which("chromium")
     assert path, "chromium is not installed and apt-get could not install it"
