@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -87,6 +88,43 @@ def instance(tmp_path):
         yield instance
 
 
+def apt_install(*packages: str) -> None:
+    """Install Debian packages a test needs on a fresh machine, waiting for another install to finish first."""
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=900"]
+    subprocess.run(["apt-get", *wait_for_lock, "update", "-q"], check=True, capture_output=True)
+    installed = subprocess.run(
+        ["apt-get", *wait_for_lock, "install", "-y", "-q", *packages],
+        capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    assert installed.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{installed.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="session")
+def pushgateway() -> str:
+    """A Prometheus Pushgateway (Debian's) on a free loopback port."""
+    if not shutil.which("prometheus-pushgateway"):
+        apt_install("prometheus-pushgateway")
+    port = free_port()
+    server = subprocess.Popen(
+        ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("the Pushgateway did not start")
+            time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The PostgreSQL server on 127.0.0.1:5432, started (or installed from Debian's packages) if none runs."""
@@ -101,8 +139,7 @@ def postgres_server() -> str:
 
     if not connectable():
         if not shutil.which("pg_ctlcluster"):
-            subprocess.run(["apt-get", "update", "-q"], check=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True)
+            apt_install("postgresql")
         version = sorted(os.listdir("/etc/postgresql"))[-1]
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
         deadline = time.monotonic() + 60
