@@ -8,7 +8,7 @@ from dagster_aws.s3 import S3Resource
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from resources.tagger import TaggerResource
-from tagging_platform import engine, tags
+from tagging_platform import engine, metrics, tags
 from tagging_platform.models import ModelRef
 from tagging_platform.planning import plan_chunks as plan
 
@@ -62,15 +62,20 @@ def tag_chunk(
 ) -> engine.ChunkSpec:
     """Tag one chunk; its rows land in the warehouse as one Parquet object, written once."""
     client = s3.get_client()
+    push = metrics.chunk_pusher(
+        platform.settings.metrics_pushgateway, spec.partition, spec.index, spec.model.name, spec.model.version
+    )
 
     def report(stats: engine.ChunkStats) -> None:
         context.log.info(
             f"chunk {spec.index}: {stats.tagged + stats.errors}/{stats.images} images, {stats.images_per_s:.1f} images/s"
         )
+        push(stats)
 
     stats = engine.run_chunk(
         client, platform.settings.warehouse_bucket, spec, context.run_id, lambda: tagger.load(client, spec.model), report
     )
+    push(stats, done=True)
     verb = "found earlier result for" if stats.skipped else "tagged"
     context.log.info(f"{verb} chunk {spec.index}: {stats.tagged} tagged, {stats.errors} errors")
     context.add_output_metadata({k: v for k, v in stats.as_dict().items()})

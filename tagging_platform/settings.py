@@ -90,6 +90,8 @@ class Settings:
     queue_visibility_s: int = 60
     events_per_tick: int = 2_000
     max_manifest_images: int = 10_000_000
+    # A Prometheus Pushgateway (http://host:9091) that tagging steps push their figures to; empty: none.
+    metrics_pushgateway: str = ""
     # The k8s deployment's GPU pool, used for the tag_chunk step pods.
     gpu_node_selector: str = "tagging.platform/pool=gpu"
     gpu_toleration_key: str = "nvidia.com/gpu"

@@ -1,10 +1,12 @@
 """A whole manifest of real photographs through the tag_manifest job: multiprocess steps, embedded S3."""
 
 import json
+import urllib.request
 import uuid
 
 import dagster as dg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_platform import intake, publishing, tags
 from tagging_platform.settings import Settings
@@ -47,9 +49,12 @@ def _published(s3, settings, partition):
     return marker, objects
 
 
-def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(registered_instance, s3, settings, batch):
+def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
+    registered_instance, s3, settings, batch, pushgateway, monkeypatch
+):
     partition, uris = batch
     instance = registered_instance
+    monkeypatch.setenv("TP_METRICS_PUSHGATEWAY", pushgateway)  # read by the step processes
     instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
@@ -68,6 +73,15 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(register
     assert {t["name"] for t in by_name["coffee.jpg"]["tags"]} & COFFEE_CLASSES
     assert by_name["corrupt.jpg"]["status"] == "error" and by_name["corrupt.jpg"]["error"]
     assert by_name["missing.jpg"]["status"] == "error" and by_name["missing.jpg"]["error"].startswith("not found")
+    pushed = [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(urllib.request.urlopen(f"{pushgateway}/metrics").read().decode())
+        for sample in family.samples
+        if sample.labels.get("batch") == partition
+    ]
+    assert sum(v for n, labels, v in pushed if n == "tagging_chunk_images" and labels["status"] == "ok") == marker["tagged"]
+    assert sum(v for n, labels, v in pushed if n == "tagging_chunk_images" and labels["status"] == "error") == marker["errors"]
+    assert sorted(labels["chunk"] for n, labels, v in pushed if n == "tagging_chunk_done" and v == 1) == ["0", "1", "2"]
     lineage = by_name["chelsea.jpg"]
     assert lineage["manifest"].endswith(f"{partition}.json") and lineage["run_id"] == result.run_id
     assert lineage["model"]["version"].startswith("sha256:") and lineage["etag"]

@@ -1,0 +1,71 @@
+"""Prometheus figures of the tagging steps, pushed to a Pushgateway.
+
+A step is a short-lived process (a pod on Kubernetes) that Prometheus could not scrape in time, so
+each chunk pushes its outcome under its own group (`job="tag_chunk"`, `batch`, `chunk`): while it
+runs, its progress; when it ends, its totals. Prometheus scrapes the Pushgateway with
+`honor_labels: true` (deploy/prometheus.yaml), and sums over the groups:
+
+    sum by (model) (tagging_chunk_images{status="ok"})        images tagged
+    sum by (model) (tagging_chunk_images{status="error"})     images that failed
+    avg by (model) (tagging_chunk_images_per_second)          throughput of the chunks
+    max by (model) (tagging_model_load_seconds)               model load time
+
+Pushing never fails a step: a Pushgateway that is down costs a warning, not the chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import default_handler, push_to_gateway
+
+log = logging.getLogger(__name__)
+
+JOB = "tag_chunk"
+_PUSH_TIMEOUT_S = 3.0
+
+
+def _chunk_registry(stats, model: str, version: str, done: bool) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    labels = {"model": model, "version": version}
+    images = Gauge("tagging_chunk_images", "Images of the chunk by outcome so far.", [*labels, "status"], registry=registry)
+    images.labels(**labels, status="ok").set(stats.tagged)
+    images.labels(**labels, status="error").set(stats.errors)
+    Gauge("tagging_chunk_images_planned", "Images in the chunk.", list(labels), registry=registry).labels(
+        **labels
+    ).set(stats.images)
+    Gauge("tagging_chunk_images_per_second", "Images tagged per second by the chunk.", list(labels), registry=registry).labels(
+        **labels
+    ).set(stats.images_per_s)
+    Gauge("tagging_model_load_seconds", "Time to load the model in the step.", list(labels), registry=registry).labels(
+        **labels
+    ).set(stats.model_load_s)
+    seconds = Gauge("tagging_chunk_stage_seconds", "Time spent per pipeline stage.", [*labels, "stage"], registry=registry)
+    for stage in ("fetch", "decode", "inference", "write"):
+        seconds.labels(**labels, stage=stage).set(getattr(stats, f"{stage}_s"))
+    Gauge("tagging_chunk_done", "1 once the chunk's result is written.", list(labels), registry=registry).labels(
+        **labels
+    ).set(1 if done else 0)
+    return registry
+
+
+def chunk_pusher(gateway: str, batch: str, chunk: int, model: str, version: str) -> Callable[..., None]:
+    """A function `push(stats, done=False)` for one chunk; a no-op when no gateway is configured."""
+    if not gateway:
+        return lambda stats, done=False: None
+    grouping = {"batch": batch, "chunk": str(chunk)}
+
+    def handler(url, method, timeout, headers, data):
+        return default_handler(url, method, _PUSH_TIMEOUT_S, headers, data)
+
+    def push(stats, done: bool = False) -> None:
+        try:
+            push_to_gateway(
+                gateway, job=JOB, grouping_key=grouping, registry=_chunk_registry(stats, model, version, done), handler=handler
+            )
+        except OSError as exc:
+            log.warning("could not push metrics to %s: %s", gateway, exc)
+
+    return push

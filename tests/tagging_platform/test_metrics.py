@@ -1,0 +1,44 @@
+"""The tagging steps' figures, pushed to a real Pushgateway and read back as Prometheus scrapes them."""
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tagging_platform.engine import ChunkStats
+from tagging_platform.embedded import free_port
+from tagging_platform.metrics import chunk_pusher
+
+
+def scrape(gateway: str, batch: str) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k not in ("instance",)))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("batch") == batch
+    }
+
+
+def test_a_chunk_pushes_its_progress_then_its_totals(pushgateway):
+    push = chunk_pusher(pushgateway, "batch-metrics", 3, "mobilenet_v2", "sha256:abc")
+    push(ChunkStats(images=100, tagged=40, errors=2, model_load_s=1.5, wall_s=10.0))
+    labels = (("batch", "batch-metrics"), ("chunk", "3"), ("job", "tag_chunk"), ("model", "mobilenet_v2"), ("version", "sha256:abc"))
+    running = scrape(pushgateway, "batch-metrics")
+    assert running[("tagging_chunk_images", tuple(sorted((*labels, ("status", "ok")))))] == 40
+    assert running[("tagging_chunk_done", labels)] == 0
+
+    push(ChunkStats(images=100, tagged=97, errors=3, model_load_s=1.5, inference_s=4.0, wall_s=20.0), done=True)
+    done = scrape(pushgateway, "batch-metrics")
+    assert done[("tagging_chunk_images", tuple(sorted((*labels, ("status", "ok")))))] == 97
+    assert done[("tagging_chunk_images", tuple(sorted((*labels, ("status", "error")))))] == 3
+    assert done[("tagging_chunk_images_per_second", labels)] == 5.0
+    assert done[("tagging_model_load_seconds", labels)] == 1.5
+    assert done[("tagging_chunk_stage_seconds", tuple(sorted((*labels, ("stage", "inference")))))] == 4.0
+    assert done[("tagging_chunk_done", labels)] == 1
+
+
+def test_a_gateway_that_is_down_never_fails_the_chunk(caplog):
+    push = chunk_pusher(f"http://127.0.0.1:{free_port()}", "batch-down", 0, "m", "sha256:0")
+    push(ChunkStats(images=1, tagged=1), done=True)
+    assert "could not push metrics" in caplog.text
+
