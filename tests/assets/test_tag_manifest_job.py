@@ -140,3 +140,44 @@ def test_a_manifest_outside_the_allowed_buckets_is_rejected_before_any_tagging(r
     rejected = s3.get_object(Bucket=settings.output_bucket, Key=f"{settings.output_prefix}{partition}/_REJECTED.json")
     assert "outside" in json.loads(rejected["Body"].read())["error"]
     assert not any(e.step_key and "tag_chunk" in e.step_key for e in result.all_events)
+
+
+def test_a_manifest_names_its_model_and_its_tags_say_so(registered_instance, s3, settings, photographs, upload_images):
+    from tagging_platform import models
+
+    partition = f"lite-{uuid.uuid4().hex[:6]}"
+    uris = upload_images({"chelsea.jpg": photographs["chelsea.jpg"], "coffee.jpg": photographs["coffee.jpg"]})
+    key = f"{settings.manifest_prefix}{partition}.json"
+    body = {"images": uris, "model": "efficientnet_lite0", "output": "s3://tags/customer-a/"}
+    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps(body).encode())
+    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
+    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
+    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    registered_instance.add_dynamic_partitions("manifests", [partition])
+
+    result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition})
+    assert result.success
+    marker, objects = _published(s3, settings, partition)
+    lite = models.resolve_model(s3, settings.model_bucket, "efficientnet_lite0")
+    assert {(o["model"]["name"], o["model"]["version"]) for o in objects} == {(lite.name, lite.version)}
+    assert f"/efficientnet_lite0/{lite.short_version}/" in marker["parts"][0]["key"]
+    by_name = {o["image"].rsplit("/", 1)[-1]: o for o in objects}
+    assert by_name["chelsea.jpg"]["tags"][0]["name"] in CAT_CLASSES
+
+
+def test_a_manifest_naming_an_unknown_model_is_rejected(registered_instance, s3, settings):
+    partition = f"nomodel-{uuid.uuid4().hex[:6]}"
+    key = f"{settings.manifest_prefix}{partition}.json"
+    body = {"images": ["s3://images/a.jpg"], "model": "no-such-model"}
+    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps(body).encode())
+    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
+    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
+    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    registered_instance.add_dynamic_partitions("manifests", [partition])
+
+    result = dg.execute_job(
+        dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition}, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "manifest" and "unknown model 'no-such-model'" in failure.step_failure_data.error.message
