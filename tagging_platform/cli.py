@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--s3-port", type=int, default=EMBEDDED_S3_PORT)
 
     submit = commands.add_parser("submit", help="upload a folder of images (or a manifest file) as a new batch")
-    submit.add_argument("source", type=Path, help="a folder of images, or a manifest file")
+    source = submit.add_mutually_exclusive_group(required=True)
+    source.add_argument("source", type=Path, nargs="?", help="a folder of images, or a manifest file")
+    source.add_argument("--photos", action="store_true", help="the demo's photographs (scikit-image, scikit-learn)")
+    submit.add_argument("--variants", type=int, default=4, help="with --photos: framings of each photograph")
     submit.add_argument("--name", help="the batch name (default: the folder or file name)")
     submit.add_argument("--model", help="model name or name@version")
 
@@ -187,8 +190,12 @@ def run_submit(args) -> int:
 
     settings = Settings.from_env()
     client = s3_client(settings)
-    source: Path = args.source
-    if source.is_dir():
+    source: Path | None = args.source
+    if args.photos:
+        images = photos.sample_set(variants_per_photo=args.variants)
+        key = upload_batch(client, settings, args.name or "photos", images, args.model)
+        print(f"uploaded {len(images)} images")
+    elif source.is_dir():
         name = args.name or source.name
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

@@ -288,12 +288,17 @@ def run_chunk(
     rows, stats = tagger.tag(s3_client, spec, run_id, progress)
     write_started = time.perf_counter()
     body = tags.to_parquet_bytes(tags.tag_table(rows))
-    counts = {"images": stats.images, "tagged": stats.tagged, "errors": stats.errors}
-    s3_client.put_object(
-        Bucket=warehouse_bucket, Key=spec.result_key, Body=body, Metadata={"stats": json.dumps(counts)}
-    )
     stats.write_s = time.perf_counter() - write_started
+    s3_client.put_object(
+        Bucket=warehouse_bucket, Key=spec.result_key, Body=body, Metadata={"stats": json.dumps(stats.as_dict())}
+    )
     return stats
+
+
+def chunk_stats(s3_client, warehouse_bucket: str, spec: ChunkSpec) -> dict[str, Any]:
+    """The figures of the attempt that wrote the chunk's result (stored with it)."""
+    head = _head(s3_client, warehouse_bucket, spec.result_key)
+    return json.loads(head["Metadata"].get("stats", "{}")) if head else {}
 
 
 def read_chunk(s3_client, warehouse_bucket: str, spec: ChunkSpec):
