@@ -101,6 +101,8 @@ def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec],
         {
             "chunks": len(parts),
             "images": table.num_rows,
+            # Lineage to the registry: which model version produced these tags.
+            **({"model": ordered[0].model.name, "model_version": ordered[0].model.version} if ordered else {}),
             # Per step of tagging (all chunks' images over all chunks' tagging time), whatever ran in parallel.
             "images_per_s_per_step": round(table.num_rows / tagging_s, 2) if tagging_s else 0.0,
             "chunk_figures": dg.MetadataValue.md(

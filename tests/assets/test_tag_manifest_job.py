@@ -66,6 +66,7 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
         e.materialization for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("image_tags")
     ]
     assert tagged.metadata["images_per_s_per_step"].value > 0
+    assert tagged.metadata["model_version"].value.startswith("sha256:")
     assert len(tagged.metadata["chunk_figures"].value.splitlines()) == 2 + 3  # header, rule, one row per chunk
     tag_chunk_steps = [e for e in result.all_events if e.step_key and e.step_key.startswith("image_tags.tag_chunk[")]
     assert len({e.step_key for e in tag_chunk_steps}) == 3  # 10 images in chunks of at most 4
