@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpu-hour-usd", type=float)
     plan.add_argument("--max-chunk-images", type=int)
     plan.add_argument("--json", action="store_true")
+    plan.add_argument("--tradeoff", type=float, nargs="+", metavar="DEADLINE_MIN", help="a table: one plan per deadline")
 
     query = commands.add_parser("query", help="SQL over the tag tables: views `tags` (per image), `tag_labels` (per tag)")
     query.add_argument("sql")
@@ -157,15 +158,17 @@ def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
 
 
 def run_plan(args) -> int:
-    result = planning.plan_chunks(
-        args.images,
-        ms_per_image=args.ms_per_image,
-        startup_s=args.startup_s,
-        max_gpus=args.max_gpus,
-        deadline_min=args.deadline_min,
-        max_chunk_images=args.max_chunk_images,
-        gpu_hour_usd=args.gpu_hour_usd,
-    )
+    options = {
+        "ms_per_image": args.ms_per_image,
+        "startup_s": args.startup_s,
+        "max_gpus": args.max_gpus,
+        "max_chunk_images": args.max_chunk_images,
+        "gpu_hour_usd": args.gpu_hour_usd,
+    }
+    if args.tradeoff:
+        print(planning.tradeoff(args.images, args.tradeoff, **options))
+        return 0
+    result = planning.plan_chunks(args.images, deadline_min=args.deadline_min, **options)
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.describe())
     return 0
 

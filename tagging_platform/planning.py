@@ -26,7 +26,8 @@ class Plan:
         cost = f", ${self.cost_usd:,.2f}" if self.cost_usd is not None else ""
         verdict = "meets the deadline" if self.meets_deadline else "MISSES the deadline"
         return (
-            f"{self.images:,} images -> {self.chunks:,} chunks of {self.chunk_images:,} on {self.pods} pods "
+            f"{self.images:,} images -> {self.chunks:,} chunk{'s' if self.chunks != 1 else ''} of "
+            f"{self.chunk_images:,} on {self.pods} pod{'s' if self.pods != 1 else ''} "
             f"({self.waves} wave{'s' if self.waves != 1 else ''}): {self.wall_s / 60:,.1f} min wall, "
             f"{self.gpu_hours:,.2f} GPU-hours{cost}, start-up {self.startup_share:.1%} of GPU time; {verdict}"
         )
@@ -79,3 +80,16 @@ def plan_chunks(
         meets_deadline=wall_s <= deadline_s,
         cost_usd=gpu_s / 3600 * gpu_hour_usd if gpu_hour_usd is not None else None,
     )
+
+
+def tradeoff(images: int, deadlines_min: list[float], **options) -> str:
+    """One plan per deadline, as a table: what a shorter deadline costs in GPU-hours and start-up."""
+    lines = ["deadline min | chunks | images/chunk | pods | wall min | GPU-hours | cost | start-up share | meets"]
+    for deadline in deadlines_min:
+        plan = plan_chunks(images, deadline_min=deadline, **options)
+        cost = f"${plan.cost_usd:,.2f}" if plan.cost_usd is not None else "-"
+        lines.append(
+            f"{deadline:>12,.0f} | {plan.chunks:>6,} | {plan.chunk_images:>12,} | {plan.pods:>4} | {plan.wall_s / 60:>8,.1f} | "
+            f"{plan.gpu_hours:>9,.2f} | {cost:>8} | {plan.startup_share:>14.1%} | {'yes' if plan.meets_deadline else 'NO'}"
+        )
+    return "\n".join(lines)

@@ -44,3 +44,14 @@ def test_a_small_manifest_is_one_chunk():
 def test_cost_follows_gpu_hours():
     plan = plan_chunks(10_000, ms_per_image=10, startup_s=60, max_gpus=1, deadline_min=60, gpu_hour_usd=2.5)
     assert plan.cost_usd == pytest.approx(plan.gpu_hours * 2.5)
+
+
+def test_the_tradeoff_table_shows_cost_falling_as_the_deadline_grows():
+    from tagging_platform.planning import tradeoff
+
+    table = tradeoff(1_000_000, [15, 60, 240], ms_per_image=10, startup_s=300, max_gpus=8, gpu_hour_usd=1.2)
+    rows = [[cell.strip() for cell in line.split("|")] for line in table.splitlines()[1:]]
+    costs = [float(row[6].lstrip("$")) for row in rows]
+    assert costs == sorted(costs, reverse=True)
+    assert [row[-1] for row in rows] == ["NO", "yes", "yes"]
+    assert "1 chunk of" in plan_chunks(10, ms_per_image=10, startup_s=300, max_gpus=8, deadline_min=60).describe()
