@@ -136,11 +136,15 @@ class Tagger:
                 inputs = inputs.half()
             probabilities = torch.softmax(self.network(inputs).float(), dim=1)
             confidences, classes = probabilities.topk(min(self.top_k, probabilities.shape[1]), dim=1)
+        labels, parents = self.card.labels, self.card.parents
         results = []
         for row_conf, row_cls in zip(confidences.tolist(), classes.tolist(), strict=True):
-            labelled = [(self.card.labels[c], p) for p, c in zip(row_conf, row_cls, strict=True)]
-            kept = [{"name": n, "confidence": p, "parents": []} for n, p in labelled if p >= self.min_confidence]
-            results.append((kept, labelled[0][0], labelled[0][1]))
+            kept = [
+                {"name": labels[c], "confidence": p, "parents": list(parents[c]) if parents else []}
+                for p, c in zip(row_conf, row_cls, strict=True)
+                if p >= self.min_confidence
+            ]
+            results.append((kept, labels[row_cls[0]], row_conf[0]))
         return results
 
     def tag(

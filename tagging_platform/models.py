@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tagging_platform import taxonomy
+
 BUILTIN_MODEL = "mobilenet_v2"
 KINDS = ("torchvision", "efficientnet_lite", "torchscript")
 ACCELERATORS = ("gpu", "cpu")
@@ -85,6 +87,9 @@ class ModelCard:
     source: str = ""
     profile: ResourceProfile = ResourceProfile()
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per label, its broader names nearest first (tagging_platform.taxonomy): the tags' `parents`. Empty when
+    # the model has no taxonomy (a customer's own classes): its tags then have no parents.
+    parents: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not _MODEL_NAME.match(self.name):
@@ -95,6 +100,8 @@ class ModelCard:
             raise ModelError(f"a {self.kind} model needs an architecture")
         if not self.labels:
             raise ModelError(f"model {self.name} has no labels")
+        if self.parents and len(self.parents) != len(self.labels):
+            raise ModelError(f"model {self.name}: {len(self.labels)} labels but {len(self.parents)} lists of parents")
 
     @property
     def version(self) -> str:
@@ -106,6 +113,8 @@ class ModelCard:
             "labels": list(self.labels),
             "preprocessing": self.preprocessing.as_dict(),
         }
+        if self.parents:  # they change the tags; a model without them keeps the version it always had
+            identity["parents"] = [list(names) for names in self.parents]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"sha256:{digest}"
 
@@ -127,6 +136,7 @@ class ModelCard:
             "description": self.description,
             "source": self.source,
             "profile": self.profile.as_dict(),
+            "parents": [list(names) for names in self.parents],
             **self.extra,
         }
 
@@ -142,6 +152,7 @@ class ModelCard:
             description=data.get("description", ""),
             source=data.get("source", ""),
             profile=ResourceProfile.from_dict(data["profile"]) if "profile" in data else ResourceProfile(),
+            parents=tuple(tuple(names) for names in data.get("parents") or ()),
         )
         if card.version != data["version"]:
             raise ModelError(f"model card {data['name']} says {data['version']}, content says {card.version}")
@@ -181,6 +192,7 @@ def _mobilenet_v2() -> tuple[ModelCard, bytes]:
         architecture="mobilenet_v2",
         artifact_sha256=hashlib.sha256(weights).hexdigest(),
         labels=tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
+        parents=taxonomy.parents_for(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
         preprocessing=Preprocessing(),
         description="MobileNetV2 trained on ImageNet-1k (torchvision IMAGENET1K_V1): 1,000 everyday classes.",
         source="torchvision MobileNet_V2_Weights.IMAGENET1K_V1 (mobilenet_v2-b0353104.pth)",
@@ -202,6 +214,7 @@ def _efficientnet_lite0() -> tuple[ModelCard, bytes]:
         artifact_sha256=hashlib.sha256(weights).hexdigest(),
         # The same 1,000 ImageNet classes in the same order as torchvision's.
         labels=tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
+        parents=taxonomy.parents_for(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
         # Trained on (x - 127) / 128 of 0-255 pixels, not ImageNet's mean and std: the same in 0-1 units.
         preprocessing=Preprocessing(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
         description="EfficientNet-Lite0 trained on ImageNet-1k (TensorFlow's release, converted to PyTorch): "
@@ -267,7 +280,10 @@ def list_models(s3_client, bucket: str) -> list[dict[str, Any]]:
             ref = resolve_model(s3_client, bucket, name)
         except ModelError:
             continue  # a prefix that is not a model, or a version still being written
-        cards.append(json.loads(_get(s3_client, bucket, ref.card_key)))
+        card = json.loads(_get(s3_client, bucket, ref.card_key))
+        # A thousand classes' parents would make the listing megabytes: say whether they are there.
+        card["has_parents"] = bool(card.pop("parents", None))
+        cards.append(card)
     return cards
 
 

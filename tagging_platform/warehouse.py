@@ -21,6 +21,15 @@ SELECT image, position, partition, manifest, model_name, model_version, run_id, 
 FROM tags, UNNEST(tags) WITH ORDINALITY AS u(label, rank)
 """
 
+# One row per (image, tag, parent): "every image with an animal in it" is `WHERE parent = 'animal'`.
+# level 1 is the tag's nearest parent (tagging_platform.taxonomy); a tag without parents has no rows here.
+_TAG_PARENTS_VIEW = """
+CREATE VIEW tag_parents AS
+SELECT image, position, partition, manifest, model_name, model_version, run_id, chunk, tagged_at,
+       tag, confidence, rank, parent, level
+FROM tag_labels, UNNEST(parents) WITH ORDINALITY AS p(parent, level)
+"""
+
 
 def filesystem(settings: Settings) -> pyarrow.fs.S3FileSystem:
     """pyarrow's own S3 client: DuckDB reads through it, so no DuckDB extension is downloaded."""
@@ -58,7 +67,7 @@ def load_tags(
 
 
 def query(sql: str, settings: Settings | None = None, manifests: list[str] | None = None, model: str | None = None) -> pa.Table:
-    """Run SQL over the views `tags` (one row per image) and `tag_labels` (one row per image and tag)."""
+    """SQL over the views `tags` (one row per image), `tag_labels` (per image and tag), `tag_parents` (per parent)."""
     import duckdb
 
     settings = settings or Settings.from_env()
@@ -69,6 +78,7 @@ def query(sql: str, settings: Settings | None = None, manifests: list[str] | Non
     connection = duckdb.connect()
     connection.register("tags", tags)
     connection.execute(_TAG_LABELS_VIEW)
+    connection.execute(_TAG_PARENTS_VIEW)
     return connection.execute(sql).to_arrow_table()
 
 

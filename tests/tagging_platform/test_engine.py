@@ -31,6 +31,10 @@ def test_real_photographs_get_the_tags_a_person_would_expect(s3, tagger, photogr
     assert cat["status"] == tags.STATUS_OK and cat["etag"]
     assert cat["model_version"] == model_ref.version and cat["run_id"] == "run-1"
     assert all(0 < t["confidence"] <= 1 for t in cat["tags"])
+    # Hierarchical tags: every ImageNet class comes with its WordNet parents, nearest first.
+    cats = [t for t in cat["tags"] if t["name"] in CAT_CLASSES - {"lynx"}]
+    assert cats and all({"cat", "feline", "animal"} <= set(t["parents"]) for t in cats)
+    assert all("artifact" in t["parents"] or "food" in t["parents"] for t in coffee["tags"])
     assert (stats.images, stats.tagged, stats.errors) == (2, 2, 0)
 
 
@@ -110,6 +114,8 @@ def test_a_torchscript_model_in_the_model_bucket_tags_like_the_network_it_was_ma
     assert [r["top_tag"] for r in rows] == [r["top_tag"] for r in expected]
     assert [r["top_confidence"] for r in rows] == pytest.approx([r["top_confidence"] for r in expected], abs=1e-4)
     assert {r["model_name"] for r in rows} == {"customer-net"}
+    # Its card has no taxonomy, so its tags have no parents.
+    assert all(t["parents"] == [] for r in rows for t in r["tags"])
 
 
 def test_an_unknown_model_is_a_clear_error(s3, settings, model_ref):
