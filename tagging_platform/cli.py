@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tagging_platform import models, photos, planning, publishing
+from tagging_platform import models, photos, planning, publishing, taxonomy
 from tagging_platform.embedded import s3_client
 from tagging_platform.manifests import partition_key_for
 from tagging_platform.settings import EMBEDDED_S3_PORT, Settings
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--tradeoff", type=float, nargs="+", metavar="DEADLINE_MIN", help="a table: one plan per deadline")
 
-    query = commands.add_parser("query", help="SQL over the tag tables: views `tags` (per image), `tag_labels` (per tag)")
+    query = commands.add_parser(
+        "query",
+        help="SQL over the tag tables: views `tags` (per image), `tag_labels` (per tag), `tag_parents` (per parent)",
+    )
     query.add_argument("sql")
     query.add_argument("--manifest", action="append", help="only this batch (repeatable); default: all")
     query.add_argument("--model", help="only tags from this model, NAME or NAME@VERSION")
@@ -81,11 +84,38 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--description", default="")
     model_commands.add_parser("list", help="every registered model's latest version")
 
+    api = commands.add_parser("api", help="the customers' HTTP API (FastAPI; OpenAPI docs at /docs)")
+    api.add_argument("--host", help="default: TP_API_HOST (127.0.0.1)")
+    api.add_argument("--port", type=int, help="default: TP_API_PORT (8080)")
+    api.add_argument("--dev", action="store_true", help="also start the embedded S3 server and dagster dev (`make api`)")
+    api.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    api.add_argument("--s3-port", type=int, default=EMBEDDED_S3_PORT)
+    api.add_argument("--dagster-port", type=int, default=3000)
+    api_key = commands.add_parser("api-key", help="API keys: one per customer, stored hashed")
+    api_key.add_argument("action", choices=["create"])
+    api_key.add_argument("customer", help="lowercase letters, digits and '-'")
+    api_key.add_argument("--output-prefix", action="append", default=[], help="s3://bucket/prefix/ (repeatable)")
+    api_key.add_argument("--image-prefix", action="append", default=[], help="restrict images and manifests to these")
+    api_key.add_argument("--rotate", action="store_true", help="replace the customer's existing key")
+
     args = parser.parse_args(argv)
     commands_by_name = {
         "demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query, "model": run_model,
+        "api": run_api, "api-key": run_api,
     }
     return commands_by_name[args.command](args)
+
+
+def run_api(args) -> int:
+    from tagging_platform.api import serve
+
+    if args.command == "api-key":
+        return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate)
+    if args.dev:
+        settings = Settings.from_env()
+        host, port = args.host or settings.api_host, args.port or settings.api_port
+        return serve.run_dev(args.workspace, host, port, args.s3_port, args.dagster_port)
+    return serve.serve(Settings.from_env(), args.host, args.port)
 
 
 def run_query(args) -> int:
@@ -149,6 +179,7 @@ def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
         architecture=args.architecture,
         artifact_sha256=hashlib.sha256(artifact).hexdigest(),
         labels=tuple(str(label) for label in labels),
+        parents=taxonomy.parents_for(labels),  # the ImageNet classes get their WordNet parents
         preprocessing=models.Preprocessing(resize=args.resize, crop=args.crop, mean=tuple(args.mean), std=tuple(args.std)),
         description=args.description,
         source=str(args.torchscript or args.weights),

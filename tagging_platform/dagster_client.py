@@ -36,6 +36,16 @@ query Logs($runId: ID!, $after: String) {
 }"""
 
 
+_LATEST_RUN = """
+query LatestRun($filter: RunsFilter) {
+  runsOrError(filter: $filter, limit: 1) {
+    __typename
+    ... on Runs { results { runId jobName status startTime endTime tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+
+
 class DagsterError(RuntimeError):
     """The Dagster webserver could not be reached or answered with an error."""
 
@@ -86,6 +96,16 @@ class DagsterClient:
         if result["__typename"] != "Runs":
             raise DagsterError(result.get("message", result["__typename"]))
         return result["results"]
+
+    def latest_run(self, job: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """The newest run of `job` with these tags (one row fetched, however many runs there are), or None."""
+        run_filter: dict[str, Any] = {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+        if job:
+            run_filter["pipelineName"] = job
+        result = self.query(_LATEST_RUN, {"filter": run_filter})["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise DagsterError(result.get("message", result["__typename"]))
+        return result["results"][0] if result["results"] else None
 
     def run_events(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The run's asset check evaluations and step failures."""

@@ -90,11 +90,36 @@ class Settings:
     queue_visibility_s: int = 60
     events_per_tick: int = 2_000
     max_manifest_images: int = 10_000_000
+    # A manifest (after gunzip) larger than this is rejected while it is read, so a gzip bomb never inflates
+    # further; 10,000,000 images of about 100 bytes each fit.
+    max_manifest_bytes: int = 1024 * 1024 * 1024
     # A Prometheus Pushgateway (http://host:9091) that tagging steps push their figures to; empty: none.
     metrics_pushgateway: str = ""
     # The k8s deployment's GPU pool, used for the tag_chunk step pods.
     gpu_node_selector: str = "tagging.platform/pool=gpu"
     gpu_toleration_key: str = "nvidia.com/gpu"
+    # k8s: a step pod the scheduler cannot place for this long (no GPU free, pool cordoned or at quota) fails
+    # its step with the scheduler's reason instead of leaving the run pending forever. Longer than a GPU node
+    # takes to start from zero.
+    step_unschedulable_timeout_s: int = 900
+    # The HTTP API (tagging_platform/api, `tagging-platform api`): where it listens, which Dagster
+    # webserver it reads batch status from (GraphQL), and what it accepts.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    dagster_url: str = "http://127.0.0.1:3000"
+    # A request body larger than this (a manifest, uploaded images) is refused with 413.
+    api_max_body_bytes: int = 16 * 1024 * 1024
+    # A manifest the API reads from an s3:// URI may be at most this large.
+    api_max_manifest_bytes: int = 256 * 1024 * 1024
+    # Images in one synchronous POST /v1/tag request.
+    api_max_tag_images: int = 8
+    # Loaded models an API process keeps (least recently used goes first), and how long an unused one stays.
+    api_model_cache: int = 2
+    api_model_idle_s: int = 900
+    # 1: load the default model when the API starts, so the first POST /v1/tag is fast; 0: on first use.
+    api_preload_default_model: int = 1
+    # Customers and their hashed API keys, in the warehouse bucket.
+    api_customers_prefix: str = "api/customers/"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,7 +147,7 @@ class Settings:
             )
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
             raise SettingsError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
-        for name in ("manifest_prefix", "output_prefix"):
+        for name in ("manifest_prefix", "output_prefix", "api_customers_prefix"):
             value = getattr(self, name)
             if value and not value.endswith("/"):
                 raise SettingsError(f"TP_{name.upper()} must end with '/': {value!r}")

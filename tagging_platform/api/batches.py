@@ -1,0 +1,339 @@
+"""Submitting a batch (a validated manifest written where the manifest sensor finds it) and reading its status.
+
+Nothing is stored twice: the manifest bucket holds what was submitted, Dagster holds the run and
+its checks (read over GraphQL), and the output location holds the completion marker with the
+counts. The only record the API keeps itself is which customer submitted which batch, under the
+customer's prefix (`<api_customers_prefix><customer>/batches/<batch id>.json`), which is also
+what keeps one customer away from another's batches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tagging_platform import models, publishing
+from tagging_platform.api.errors import ApiError
+from tagging_platform.api.keys import Customer, CustomerStore
+from tagging_platform.dagster_client import DagsterClient, DagsterError
+from tagging_platform.manifests import (
+    Manifest,
+    ManifestError,
+    parse_manifest,
+    partition_key_for,
+    split_s3_uri,
+)
+from tagging_platform.settings import Settings
+
+JOB = "tag_manifest"
+PARTITION_TAG = "dagster/partition"
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
+# Dagster run status -> the batch state customers see.
+STATES = {
+    "QUEUED": "queued",
+    "NOT_STARTED": "queued",
+    "MANAGED": "queued",
+    "STARTING": "queued",
+    "STARTED": "running",
+    "CANCELING": "running",
+    "SUSPENDED": "running",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "CANCELED": "failed",
+}
+_MAX_CHUNKS_READ = 2_000
+# "dagster._core.definitions.events.Failure: manifest ... rejected: ..." -> "manifest ... rejected: ..."
+_EXCEPTION_NAME = re.compile(r"\A(?:[A-Za-z_]\w*\.)*\w*(?:Error|Exception|Failure): ")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Batches:
+    def __init__(self, s3_client, settings: Settings, customers: CustomerStore, dagster: DagsterClient) -> None:
+        self.s3 = s3_client
+        self.settings = settings
+        self.customers = customers
+        self.dagster = dagster
+        # A finished run's checks and failures never change: read its event log once.
+        self._finished: OrderedDict[str, tuple[list, list]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- submit -----------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        customer: Customer,
+        *,
+        images: list | None = None,
+        manifest_uri: str | None = None,
+        model: str | None = None,
+        output: str | None = None,
+        reference: str | None = None,
+    ) -> dict[str, Any]:
+        settings = self.settings
+        if (images is None) == (manifest_uri is None):
+            raise ApiError(422, "invalid_request", 'give exactly one of "images" (the manifest itself) or "manifest" (an s3:// URI)')
+        if manifest_uri is not None:
+            source = self._read_manifest(customer, manifest_uri)
+            images, model, output, reference = list(source.images), model or source.model, output or source.output, reference or source.id
+        output = output if output is not None else customer.default_output
+        if isinstance(output, str) and not customer.may_write(output):
+            raise ApiError(
+                403, "output_forbidden",
+                f"output {output[:200]} is outside your output locations [{', '.join(customer.output_prefixes)}]",
+                {"field": "output", "allowed": list(customer.output_prefixes)},
+            )
+        document = {"images": images, "output": output}
+        if model is not None:
+            document["model"] = model
+        if reference is not None:
+            document["id"] = reference
+        parsed = self._parse(json.dumps(document).encode(), "the request")
+        for number, uri in enumerate(parsed.images, 1):
+            if not customer.may_read(uri, settings.allowed_image_prefixes):
+                raise ApiError(
+                    403, "image_forbidden", f"entry {number}: {uri[:200]} is outside your image locations",
+                    {"field": "images", "entry": number},
+                )
+        document["output"] = parsed.output  # normalised: ends with "/"
+        ref = self._resolve_model(parsed.model or settings.default_model)
+        if parsed.model:
+            # Pinned to the version validated now: a model registered later never changes this batch.
+            document["model"] = f"{ref.name}@{ref.version}"
+
+        name = f"{_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        manifest_key = f"{settings.manifest_prefix}{customer.name}/{name}.json"
+        batch_id = partition_key_for(manifest_key, settings.manifest_prefix)
+        record = {
+            "batch_id": batch_id,
+            "customer": customer.name,
+            "manifest": f"s3://{settings.manifest_bucket}/{manifest_key}",
+            "images": len(parsed.images),
+            "model": {"name": ref.name, "version": ref.version, "pinned": bool(parsed.model)},
+            "output": parsed.output,
+            "result_location": publishing.output_location(parsed.output, batch_id, ref),
+            "reference": parsed.id,
+            "submitted_at": _now().isoformat(timespec="seconds"),
+        }
+        record_key = self._record_key(customer, batch_id)
+        # The record first: a manifest whose record is missing would run but be invisible to its customer.
+        self.s3.put_object(
+            Bucket=settings.warehouse_bucket, Key=record_key, Body=json.dumps(record).encode(), ContentType="application/json"
+        )
+        try:
+            self.s3.put_object(
+                Bucket=settings.manifest_bucket, Key=manifest_key, Body=json.dumps(document).encode(),
+                ContentType="application/json",
+            )
+        except Exception:
+            self.s3.delete_object(Bucket=settings.warehouse_bucket, Key=record_key)
+            raise
+        return record
+
+    def _read_manifest(self, customer: Customer, uri: str) -> Manifest:
+        try:
+            bucket, key = split_s3_uri(uri)
+        except ManifestError as exc:
+            raise ApiError(422, "invalid_manifest", f'field "manifest": {exc}', {"field": "manifest"}) from None
+        if not key or key.endswith("/") or not customer.may_read(uri, self.settings.allowed_image_prefixes):
+            raise ApiError(
+                403, "manifest_forbidden", f"{uri[:200]} is not a manifest inside your image locations",
+                {"field": "manifest"},
+            )
+        limit = self.settings.api_max_manifest_bytes
+        try:
+            response = self.s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+                raise ApiError(422, "manifest_not_found", f"{uri[:200]} does not exist", {"field": "manifest"}) from None
+            raise
+        if response["ContentLength"] > limit:
+            response["Body"].close()
+            raise ApiError(413, "manifest_too_large", f"{uri[:200]} is larger than {limit} bytes", {"field": "manifest"})
+        return self._parse(response["Body"].read(), uri)
+
+    def _parse(self, data: bytes, source: str) -> Manifest:
+        settings = self.settings
+        try:
+            return parse_manifest(
+                data,
+                source,
+                allowed_image_prefixes=settings.allowed_image_prefixes,
+                allowed_output_prefixes=settings.allowed_output_prefixes,
+                max_images=settings.max_manifest_images,
+                max_bytes=settings.api_max_manifest_bytes,
+            )
+        except ManifestError as exc:
+            raise ApiError(422, "invalid_manifest", str(exc)) from None
+
+    def _resolve_model(self, spec: str) -> models.ModelRef:
+        try:
+            return models.resolve_model(self.s3, self.settings.model_bucket, spec)
+        except models.ModelError as exc:
+            raise ApiError(422, "unknown_model", str(exc), {"field": "model"}) from None
+
+    # --- read -------------------------------------------------------------------------------------------
+
+    def _record_key(self, customer: Customer, batch_id: str) -> str:
+        return f"{self.customers.batches_prefix(customer.name)}{batch_id}.json"
+
+    def record(self, customer: Customer, batch_id: str) -> dict[str, Any]:
+        """The customer's own record of a batch; another customer's batch is as unknown as a missing one."""
+        if not BATCH_ID.match(batch_id):
+            raise ApiError(404, "batch_not_found", f"no batch {batch_id[:200]!r}")
+        try:
+            body = self.s3.get_object(Bucket=self.settings.warehouse_bucket, Key=self._record_key(customer, batch_id))
+        except self.s3.exceptions.NoSuchKey:
+            raise ApiError(404, "batch_not_found", f"no batch {batch_id!r}") from None
+        return json.loads(body["Body"].read())
+
+    def list(self, customer: Customer, limit: int) -> list[dict[str, Any]]:
+        """The customer's batches, newest first (batch ids start with the submission time)."""
+        prefix = self.customers.batches_prefix(customer.name)
+        keys = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.settings.warehouse_bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        keys = sorted(keys, reverse=True)[:limit]
+        with ThreadPoolExecutor(8) as pool:
+            bodies = pool.map(
+                lambda k: self.s3.get_object(Bucket=self.settings.warehouse_bucket, Key=k)["Body"].read(), keys
+            )
+            return [json.loads(b) for b in bodies]
+
+    def status(self, customer: Customer, batch_id: str) -> dict[str, Any]:
+        record = self.record(customer, batch_id)
+        try:
+            run = self.dagster.latest_run(JOB, {PARTITION_TAG: batch_id})
+        except DagsterError as exc:
+            raise ApiError(503, "dagster_unavailable", f"batch status is unavailable right now: {exc}") from None
+        images = record["images"]
+        state = STATES.get(run["status"], "running") if run else "queued"
+        checks: list[dict[str, Any]] = []
+        error = None
+        counts = {"images": images, "tagged": 0, "errors": 0}
+        result = None
+        if state in ("succeeded", "failed"):
+            checks, failures = self._finished_events(run["runId"])
+            marker = self._marker(record, run["runId"])
+            if marker is not None:
+                counts = {"images": marker["images"], "tagged": marker["tagged"], "errors": marker["errors"]}
+                result = {
+                    "location": marker["location"],
+                    "marker": marker["location"] + publishing.MARKER_NAME,
+                    "format": marker["format"],
+                    "objects": marker["objects"],
+                    "parts": [f"s3://{split_s3_uri(marker['location'])[0]}/{p['key']}" for p in marker.get("parts", [])],
+                }
+            if state == "succeeded" and marker is None:
+                state, error = "failed", {"step": None, "message": "the run finished but published no completion marker"}
+            elif state == "failed":
+                first = failures[0] if failures else None
+                message = first["error"].strip().splitlines()[0] if first and first["error"].strip() else None
+                message = _EXCEPTION_NAME.sub("", message) if message else None
+                if run["status"] == "CANCELED":
+                    message = "the run was canceled"
+                error = {"step": first["step"] if first else None, "message": message or "the run failed"}
+        if state in ("running", "failed") and result is None:
+            counts = self._chunk_counts(batch_id, record)
+        done = counts["tagged"] + counts["errors"]
+        # 1.0 only once the batch has succeeded: a running batch whose images are all tagged still publishes.
+        progress = 1.0 if state == "succeeded" else (round(min(done / images, 0.99), 4) if images else 0.0)
+        return {
+            "batch_id": batch_id,
+            "state": state,
+            "progress": progress,
+            "counts": counts,
+            "checks": [
+                {
+                    "name": c["checkName"],
+                    "asset": "/".join(c["assetKey"]["path"]),
+                    "passed": bool(c["success"]),
+                    "severity": c["severity"],
+                }
+                for c in checks
+            ],
+            "result": result,
+            "error": error,
+            "run": (
+                {
+                    "run_id": run["runId"],
+                    "status": run["status"],
+                    "started_at": _iso(run.get("startTime")),
+                    "ended_at": _iso(run.get("endTime")),
+                }
+                if run
+                else None
+            ),
+            "model": {"name": record["model"]["name"], "version": record["model"]["version"]},
+            "output": record["output"],
+            "manifest": record["manifest"],
+            "reference": record.get("reference"),
+            "submitted_at": record["submitted_at"],
+        }
+
+    def _finished_events(self, run_id: str) -> tuple[list, list]:
+        with self._lock:
+            if run_id in self._finished:
+                self._finished.move_to_end(run_id)
+                return self._finished[run_id]
+        try:
+            events = self.dagster.run_events(run_id)
+        except DagsterError as exc:
+            raise ApiError(503, "dagster_unavailable", f"batch status is unavailable right now: {exc}") from None
+        with self._lock:
+            self._finished[run_id] = events
+            while len(self._finished) > 1_000:
+                self._finished.popitem(last=False)
+        return events
+
+    def _marker(self, record: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+        """The completion marker this run published under the batch's output (any model version)."""
+        bucket, prefix = split_s3_uri(f"{record['output']}{record['batch_id']}/")
+        found = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found += [item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(publishing.MARKER_NAME)]
+        markers = [publishing.read_marker(self.s3, f"s3://{bucket}/{key[: -len(publishing.MARKER_NAME)]}") for key in found]
+        markers = [m for m in markers if m is not None]
+        own = [m for m in markers if m.get("run_id") == run_id]
+        return (own or sorted(markers, key=lambda m: m.get("completed_at", "")))[-1] if (own or markers) else None
+
+    def _chunk_counts(self, batch_id: str, record: dict[str, Any]) -> dict[str, int]:
+        """Live counts while a run is under way: the figures each finished chunk stored with its result."""
+        bucket = self.settings.warehouse_bucket
+        prefix = f"chunks/partition={batch_id}/"
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+            if len(keys) >= _MAX_CHUNKS_READ:
+                break
+
+        def figures(key: str) -> dict[str, Any]:
+            try:
+                head = self.s3.head_object(Bucket=bucket, Key=key)
+            except ClientError:
+                return {}
+            return json.loads(head.get("Metadata", {}).get("stats", "{}"))
+
+        with ThreadPoolExecutor(8) as pool:
+            stats = list(pool.map(figures, keys[:_MAX_CHUNKS_READ]))
+        return {
+            "images": record["images"],
+            "tagged": sum(int(s.get("tagged", 0)) for s in stats),
+            "errors": sum(int(s.get("errors", 0)) for s in stats),
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if not timestamp:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")

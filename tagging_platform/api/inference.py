@@ -1,0 +1,134 @@
+"""Synchronous tagging of a few uploaded images with the engine's own Tagger, models cached per version.
+
+Some models sit idle for weeks while others get bursts: a process keeps at most `api_model_cache`
+loaded models (least recently used goes first) and drops one unused for `api_model_idle_s`, so an
+idle model does not hold memory forever. A model is loaded once however many requests ask for it
+at the same moment, and inference runs one batch at a time per process (replicas scale out).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tagging_platform import models
+from tagging_platform.api.errors import ApiError
+from tagging_platform.engine import Tagger
+from tagging_platform.settings import Settings
+
+
+@dataclass
+class _Entry:
+    tagger: Tagger
+    used: float
+
+
+class ModelCache:
+    def __init__(self, s3_client, settings: Settings, on_load: Callable[[models.ModelRef, float], None] | None = None) -> None:
+        self.s3 = s3_client
+        self.settings = settings
+        self.on_load = on_load
+        self.capacity = max(1, settings.api_model_cache)
+        self.idle_s = settings.api_model_idle_s
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self._infer = threading.Lock()
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, ref: models.ModelRef) -> Tagger:
+        key = f"{ref.name}@{ref.version}"
+        self.evict_idle()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.used = time.monotonic()
+                self._entries.move_to_end(key)
+                return entry.tagger
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._entries:
+                    return self._entries[key].tagger
+            try:
+                tagger = Tagger.load(
+                    self.s3,
+                    ref,
+                    device=self.settings.device,
+                    top_k=self.settings.top_k,
+                    min_confidence=self.settings.min_confidence,
+                )
+            except models.ModelError as exc:
+                raise ApiError(422, "unknown_model", str(exc), {"field": "model"}) from None
+            if self.on_load:
+                self.on_load(ref, tagger.load_s)
+            with self._lock:
+                self._entries[key] = _Entry(tagger, time.monotonic())
+                self._loading.pop(key, None)
+                evicted = []
+                while len(self._entries) > self.capacity:
+                    evicted.append(self._entries.popitem(last=False))
+        if evicted:
+            del evicted
+            gc.collect()
+        return tagger
+
+    def evict_idle(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [k for k, e in self._entries.items() if now - e.used > self.idle_s]
+            for key in idle:
+                del self._entries[key]
+        if idle:
+            gc.collect()
+        return idle
+
+    def tag(self, ref: models.ModelRef, files: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Tags for each (filename, bytes), in order; an image that cannot be decoded is a 422 naming it."""
+        import torch
+
+        tagger = self.get(ref)
+        started = time.perf_counter()
+        pixels = []
+        for index, (filename, data) in enumerate(files):
+            try:
+                pixels.append(tagger.decode(data))
+            except Exception as exc:  # noqa: BLE001 - whatever Pillow says, named for the customer
+                reason = "not an image: no decoder recognises the file" if "cannot identify" in str(exc) else str(exc)
+                raise ApiError(
+                    422, "invalid_image", f"file {index + 1} ({filename[:100]}): {reason[:300]}",
+                    {"field": "image", "index": index, "filename": filename[:200]},
+                ) from None
+        decoded = time.perf_counter()
+        with self._infer:
+            predictions = tagger.predict(torch.stack(pixels))
+        finished = time.perf_counter()
+        results = []
+        for (filename, data), (kept, top, top_confidence) in zip(files, predictions, strict=True):
+            results.append(
+                {
+                    "filename": filename,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "status": "ok",
+                    "tags": [
+                        {"name": t["name"], "confidence": round(float(t["confidence"]), 4), "parents": list(t.get("parents") or [])}
+                        for t in kept
+                    ],
+                    "top_tag": top,
+                    "top_confidence": round(float(top_confidence), 4),
+                }
+            )
+        return {
+            "model": {"name": ref.name, "version": ref.version},
+            "results": results,
+            "timing_ms": {"decode": round((decoded - started) * 1000, 1), "inference": round((finished - decoded) * 1000, 1)},
+        }

@@ -1,0 +1,88 @@
+"""Prometheus metrics of the API, served at /metrics: requests, latency, images tagged synchronously, model loads.
+
+Each app has its own registry, so two apps in one process (tests) never share counters. The route's
+template (`/v1/batches/{batch_id}`), not the path, labels a request: batch ids would make every
+request a new series.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tagging_api_requests", "HTTP requests by route, method and status.", ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tagging_api_request_seconds", "Time to answer, by route.", ["route", "method"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.images_tagged = Counter(
+            "tagging_api_images", "Images tagged synchronously by POST /v1/tag, by model and outcome.",
+            ["model", "status"], registry=self.registry,
+        )
+        self.images_per_second = Histogram(
+            "tagging_api_images_per_second", "Throughput of one POST /v1/tag request.", ["model"],
+            registry=self.registry, buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+        )
+        self.model_load_seconds = Histogram(
+            "tagging_api_model_load_seconds", "Time to load a model into the API process.", ["model"],
+            registry=self.registry, buckets=(0.5, 1, 2, 5, 10, 20, 60),
+        )
+        self.batches_submitted = Counter(
+            "tagging_api_batches_submitted", "Batches accepted by POST /v1/batches.", registry=self.registry
+        )
+
+    def tagged(self, model: str, ok: int, errors: int, seconds: float) -> None:
+        self.images_tagged.labels(model, "ok").inc(ok)
+        self.images_tagged.labels(model, "error").inc(errors)
+        if seconds > 0 and ok + errors:
+            self.images_per_second.labels(model).observe((ok + errors) / seconds)
+
+    def endpoint(self, _request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts and times every request, labelled by the route that matched (or `unmatched`)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = _route_template(scope)
+        status = {"code": 500}
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.latency.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
+
+
+def _route_template(scope: Scope) -> str:
+    for route in scope["app"].router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
