@@ -33,6 +33,7 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
             allowed_image_prefixes=settings.allowed_image_prefixes,
             allowed_output_prefixes=settings.allowed_output_prefixes,
             max_images=settings.max_manifest_images,
+            max_bytes=settings.max_manifest_bytes,
         )
         model = models.resolve_model(client, settings.model_bucket, parsed.model) if parsed.model else None
     except (ManifestError, models.ModelError) as exc:

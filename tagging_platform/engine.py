@@ -118,10 +118,19 @@ class Tagger:
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"image is {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS}")
+                raise Image.DecompressionBombError(
+                    f"image is {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS} pixels"
+                )
             # JPEG draft mode decodes at a reduced scale that still covers the resize target: far less work.
             opened.draft("RGB", (prep.resize, prep.resize))
             image = ImageOps.exif_transpose(opened).convert("RGB")
+        width, height = image.size
+        if max(width, height) > 2 * min(width, height):
+            # A sliver (2x40000 pixels, a few KB) would be resized to 256 by 5 million pixels, gigabytes. The
+            # centre crop keeps only a centred square of the short side anyway, so cut to that square first.
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
         image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
         pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
         return F.normalize(pixels, list(prep.mean), list(prep.std))
@@ -245,8 +254,8 @@ class Tagger:
 
     def _fetch_and_decode(self, s3_client, position: int, image: str) -> _Decoded:
         started = time.perf_counter()
-        bucket, key = split_s3_uri(image)
         try:
+            bucket, key = split_s3_uri(image)
             response = s3_client.get_object(Bucket=bucket, Key=key)
             if response["ContentLength"] > MAX_IMAGE_BYTES:
                 response["Body"].close()

@@ -35,7 +35,11 @@ _IMAGE_URI = re.compile(rf"s3://{_BUCKET}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}
 _BAD_KEY_CHAR = re.compile(rf"[{_BAD_KEY_CHARS}]")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?=/|\Z)")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(parse_constant=lambda name: _no_constant(name))
+# S3 keys are at most 1024 bytes of UTF-8; a URI this short cannot hold a longer key, so only longer
+# URIs pay for encoding theirs.
+MAX_KEY_BYTES = 1024
+_SHORT_URI = MAX_KEY_BYTES // 4
 _MODEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}(@[A-Za-z0-9:._-]{1,100})?\Z")
 
 _COMPRESSION_EXTENSION = re.compile(r"\.gz\Z", re.IGNORECASE)
@@ -91,9 +95,11 @@ def parse_manifest(
     if start == len(text):
         raise ManifestError("the manifest is empty: it lists no images")
     try:
-        whole = json.loads(text)
+        whole = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ManifestError("not valid JSON: nested too deeply") from None
+    except _NotJson as exc:
+        raise ManifestError(f"not valid JSON: {exc}") from None
     except ValueError as exc:
         # A JSON Lines file is not one JSON value, so it lands here; other broken JSON gets the parser's
         # own message, which says at which line and column the document breaks.
@@ -176,6 +182,7 @@ class _Rules:
                 or match(uri) is None
                 or dot_segment(uri) is not None
                 or not uri.startswith(allowed, 5)
+                or (len(uri) > _SHORT_URI and _key_too_long(uri))
             ):
                 number = numbers()[index] if numbers else index + 1
                 raise ManifestError(f"{unit} {number}: {self._entry_problem(uri)}")
@@ -206,6 +213,9 @@ class _Rules:
             return f"expected an s3:// URI string, got a JSON {_json_type(uri)}"
         if _IMAGE_URI.match(uri) is None or _DOT_SEGMENT.search(uri) is not None:
             return _image_problem(uri)
+        if _key_too_long(uri):
+            size = len(split_s3_uri(uri)[1].encode("utf-8"))
+            return f"{_show(uri)}: the key is {size} bytes, over S3's limit of {MAX_KEY_BYTES}"
         return f"{_show(uri)} is outside the allowed image locations [{', '.join(self.configured_image_prefixes)}]"
 
 
@@ -241,10 +251,23 @@ def _gunzip(data: bytes, max_bytes: int) -> bytearray:
     return out
 
 
+class _NotJson(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, but they are not JSON."""
+
+
+def _no_constant(name: str):
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+def _key_too_long(uri: str) -> bool:
+    # Only called for URIs that passed _IMAGE_URI, so they are valid text without lone surrogates.
+    return len(uri.partition("/")[2].partition("/")[2].partition("/")[2].encode("utf-8")) > MAX_KEY_BYTES
+
+
 def _first_line_is_jsonl(text: str, start: int) -> bool:
     end = text.find("\n", start)
     try:
-        obj = json.loads(text[start : end if end >= 0 else len(text)])
+        obj = json.loads(text[start : end if end >= 0 else len(text)], parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and "source-ref" in obj
@@ -320,9 +343,11 @@ def _jsonl(text: str, source: str, rules: _Rules) -> Manifest:
 
 def _load_line(line: str, number: int) -> object:
     try:
-        return json.loads(line)
+        return json.loads(line, parse_constant=_no_constant)
     except RecursionError:
         raise ManifestError(f"line {number}: not valid JSON: nested too deeply") from None
+    except _NotJson as exc:
+        raise ManifestError(f"line {number}: not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"line {number}: not valid JSON: {exc.msg} at column {exc.colno}") from None
     except ValueError as exc:
@@ -344,6 +369,8 @@ def _location(value: str, what: str) -> str:
         raise ManifestError(f"{what}: {exc}") from None
     if _BAD_KEY_CHAR.search(key) or _DOT_SEGMENT.search("/" + key):
         raise ManifestError(f"{what}: {_key_problem(value, key)}")
+    if len(key) > _SHORT_URI and len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ManifestError(f"{what}: {_show(value)}: the key is longer than S3's limit of {MAX_KEY_BYTES} bytes")
     return f"s3://{bucket}/{key}" if not key or key.endswith("/") else f"s3://{bucket}/{key}/"
 
 
