@@ -79,7 +79,7 @@ def query(sql: str, settings: Settings | None = None, manifests: list[str] | Non
     connection.register("tags", tags)
     connection.execute(_TAG_LABELS_VIEW)
     connection.execute(_TAG_PARENTS_VIEW)
-    return connection.execute(sql).to_arrow_table()
+    return connection.sql(sql).to_arrow_table()
 
 
 def _model_filter(model: str | None):
