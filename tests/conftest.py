@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tagging_platform import models, photos
+from tagging_platform import intake, models, photos
 from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
 from tagging_platform.settings import Settings
 
@@ -97,6 +98,16 @@ def apt_install(*packages: str) -> None:
         capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
     assert installed.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{installed.stderr[-2000:]}"
+
+
+def record_manifest(s3, settings: Settings, partition: str, body: dict | bytes, suffix: str = ".json") -> None:
+    """Upload a manifest and record its partition, as the sensor does before it requests the run."""
+    key = f"{settings.manifest_prefix}{partition}{suffix}"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=data)
+    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
+    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
+    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ import dagster as dg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tagging_platform import intake, publishing, tags
+from tagging_platform import publishing, tags
 from tagging_platform.settings import Settings
+
+from tests.conftest import record_manifest
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
@@ -28,11 +30,7 @@ def batch(s3, settings, photographs, upload_images):
     uris = upload_images({**photographs, "corrupt.jpg": photographs["coffee.jpg"][:5000]})
     uris.append(uris[0].rsplit("/", 1)[0] + "/missing.jpg")
     partition = f"job-{uuid.uuid4().hex[:6]}"
-    key = f"{settings.manifest_prefix}{partition}.json"
-    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": uris, "output": "s3://tags/customer-a/"}).encode())
-    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
-    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
-    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    record_manifest(s3, settings, partition, {"images": uris, "output": "s3://tags/customer-a/"})
     return partition, uris
 
 
@@ -127,13 +125,7 @@ def test_quality_history_follows_every_manifest_with_drift(registered_instance, 
 
 def test_a_manifest_outside_the_allowed_buckets_is_rejected_before_any_tagging(registered_instance, s3, settings):
     partition = f"bad-{uuid.uuid4().hex[:6]}"
-    key = f"{settings.manifest_prefix}{partition}.json"
-    s3.put_object(
-        Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": ["s3://elsewhere/x.jpg"]}).encode()
-    )
-    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
-    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
-    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    record_manifest(s3, settings, partition, {"images": ["s3://elsewhere/x.jpg"]})
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(
@@ -153,12 +145,7 @@ def test_a_manifest_names_its_model_and_its_tags_say_so(registered_instance, s3,
 
     partition = f"lite-{uuid.uuid4().hex[:6]}"
     uris = upload_images({"chelsea.jpg": photographs["chelsea.jpg"], "coffee.jpg": photographs["coffee.jpg"]})
-    key = f"{settings.manifest_prefix}{partition}.json"
-    body = {"images": uris, "model": "efficientnet_lite0", "output": "s3://tags/customer-a/"}
-    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps(body).encode())
-    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
-    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
-    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    record_manifest(s3, settings, partition, {"images": uris, "model": "efficientnet_lite0", "output": "s3://tags/customer-a/"})
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition})
@@ -173,12 +160,7 @@ def test_a_manifest_names_its_model_and_its_tags_say_so(registered_instance, s3,
 
 def test_a_manifest_naming_an_unknown_model_is_rejected(registered_instance, s3, settings):
     partition = f"nomodel-{uuid.uuid4().hex[:6]}"
-    key = f"{settings.manifest_prefix}{partition}.json"
-    body = {"images": ["s3://images/a.jpg"], "model": "no-such-model"}
-    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps(body).encode())
-    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
-    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
-    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    record_manifest(s3, settings, partition, {"images": ["s3://images/a.jpg"], "model": "no-such-model"})
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(

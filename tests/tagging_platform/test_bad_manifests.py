@@ -212,15 +212,11 @@ def test_a_corpus_manifest_fails_the_run_at_the_manifest_step_and_nothing_is_hal
 
     import dagster as dg
 
-    from tagging_platform import intake
+    from tests.conftest import record_manifest
 
     name = "jsonl_bad_line_in_middle.jsonl"
     partition = f"corpus-{uuid.uuid4().hex[:6]}"
-    key = f"{settings.manifest_prefix}{partition}.jsonl"
-    s3.put_object(Bucket=settings.manifest_bucket, Key=key, Body=(CORPUS / name).read_bytes())
-    head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
-    obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
-    intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+    record_manifest(s3, settings, partition, (CORPUS / name).read_bytes(), suffix=".jsonl")
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(
