@@ -216,6 +216,7 @@ def test_a_corpus_manifest_fails_the_run_at_the_manifest_step_and_nothing_is_hal
 
     name = "jsonl_bad_line_in_middle.jsonl"
     partition = f"corpus-{uuid.uuid4().hex[:6]}"
+    key = f"{settings.manifest_prefix}{partition}.jsonl"
     record_manifest(s3, settings, partition, (CORPUS / name).read_bytes(), suffix=".jsonl")
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
