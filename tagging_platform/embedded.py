@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import socket
+import subprocess
+import sys
+import time
 
 import boto3
 from botocore.config import Config
@@ -39,26 +41,38 @@ class EmbeddedS3:
     event intake, the manifest bucket notifying its queue as it would on AWS."""
 
     def __init__(self, port: int) -> None:
-        from moto.server import ThreadedMotoServer
-
-        # One log line per request would drown the demo's own output.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
         self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._process: subprocess.Popen | None = None
 
-    def start(self, settings: Settings) -> EmbeddedS3:
-        self._server.start()
-        create_buckets(s3_client(settings), settings)
+    def start(self, settings: Settings, timeout_s: float = 60) -> EmbeddedS3:
+        # Its own process: moto keeps its state per process, so two servers started by one process
+        # (a test session and the platform a test starts) would otherwise share every bucket.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = s3_client(settings)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.list_buckets()
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the embedded S3 server did not start on {self.endpoint}") from None
+                time.sleep(0.2)
+        create_buckets(client, settings)
         if settings.intake == "events":
             from tagging_platform.events import configure_notifications
 
-            configure_notifications(s3_client(settings), aws_client("sqs", settings), settings)
+            configure_notifications(client, aws_client("sqs", settings), settings)
         return self
 
     def stop(self) -> None:
-        self._server.stop()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
 
 
 def create_buckets(client, settings: Settings | None = None) -> None:
