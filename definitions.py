@@ -1,11 +1,11 @@
 """Composes the platform: assets, checks, jobs, the sensor, and resources and executor for the deployment."""
 
 import dagster as dg
-from dagster_k8s import k8s_job_executor
 
 from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
 from resources import build_resources
+from resources.k8s_executor import HARDENED_STEP_POD, k8s_step_executor
 from sensors import build_manifest_sensor, build_model_registry_sensor
 from tagging_platform.settings import PROCESS_ENV, Settings
 
@@ -13,8 +13,14 @@ from tagging_platform.settings import PROCESS_ENV, Settings
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     if settings.deployment == "k8s":
         # The image, namespace and service account come from the K8sRunLauncher on the instance.
-        return k8s_job_executor.configured(
-            {"max_concurrent": settings.max_gpus * 2, "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()]}
+        # dagster-k8s's k8s_job_executor, plus failing a step whose pod stays unschedulable (resources/k8s_executor.py).
+        return k8s_step_executor.configured(
+            {
+                "max_concurrent": settings.max_gpus * 2,
+                "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()],
+                "unschedulable_timeout_s": settings.step_unschedulable_timeout_s,
+                "step_k8s_config": HARDENED_STEP_POD,
+            }
         )
     return dg.multiprocess_executor.configured({"max_concurrent": 2})
 

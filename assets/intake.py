@@ -43,6 +43,8 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
             metadata={"manifest": record["manifest"], "etag": etag, "error": str(exc)},
             allow_retries=False,
         ) from exc
+    # Where its chunks run: the k8s step handler gives a CPU-only model CPU pods (resources/k8s_executor.py).
+    profile = models.read_card(client, model or models.resolve_model(client, settings.model_bucket, settings.default_model)).profile
     table = parsed.table()
     table.attrs = {
         "manifest": parsed.source,
@@ -62,6 +64,8 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
             "images": len(table),
             "model": model.name if model else "default",
             "output": dg.MetadataValue.path(table.attrs["output"]),
+            "accelerator": profile.accelerator,
+            "memory": profile.memory,
         },
     )
 

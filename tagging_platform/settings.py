@@ -98,6 +98,10 @@ class Settings:
     # The k8s deployment's GPU pool, used for the tag_chunk step pods.
     gpu_node_selector: str = "tagging.platform/pool=gpu"
     gpu_toleration_key: str = "nvidia.com/gpu"
+    # k8s: a step pod the scheduler cannot place for this long (no GPU free, pool cordoned or at quota) fails
+    # its step with the scheduler's reason instead of leaving the run pending forever. Longer than a GPU node
+    # takes to start from zero.
+    step_unschedulable_timeout_s: int = 900
     # The HTTP API (tagging_platform/api, `tagging-platform api`): where it listens, which Dagster
     # webserver it reads batch status from (GraphQL), and what it accepts.
     api_host: str = "127.0.0.1"

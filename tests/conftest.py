@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tagging_platform import intake, models, photos
+from tagging_platform import intake, models, photos, publishing
 from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
 from tagging_platform.settings import Settings
 
@@ -108,6 +108,19 @@ def record_manifest(s3, settings: Settings, partition: str, body: dict | bytes, 
     head = s3.head_object(Bucket=settings.manifest_bucket, Key=key)
     obj = intake.ManifestObject(settings.manifest_bucket, key, head["ETag"].strip('"'), head["ContentLength"], 0.0)
     intake.record_partition(s3, settings.warehouse_bucket, partition, obj)
+
+
+def read_published(s3, bucket: str, prefix: str) -> tuple[dict, list[dict]]:
+    """The one completion marker under a prefix and every tag object its parts hold."""
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    [marker_key] = [k for k in keys if k.endswith(publishing.MARKER_NAME)]
+    marker = json.loads(s3.get_object(Bucket=bucket, Key=marker_key)["Body"].read())
+    objects = [
+        json.loads(line)
+        for part in marker["parts"]
+        for line in s3.get_object(Bucket=bucket, Key=part["key"])["Body"].read().splitlines()
+    ]
+    return marker, objects
 
 
 @pytest.fixture(scope="session")

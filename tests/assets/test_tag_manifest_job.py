@@ -8,10 +8,10 @@ import dagster as dg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tagging_platform import publishing, tags
+from tagging_platform import tags
 from tagging_platform.settings import Settings
 
-from tests.conftest import record_manifest
+from tests.conftest import read_published, record_manifest
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
@@ -35,16 +35,7 @@ def batch(s3, settings, photographs, upload_images):
 
 
 def _published(s3, settings, partition):
-    prefix = f"customer-a/{partition}/"
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=prefix).get("Contents", [])]
-    [marker_key] = [k for k in keys if k.endswith(publishing.MARKER_NAME)]
-    marker = json.loads(s3.get_object(Bucket=settings.output_bucket, Key=marker_key)["Body"].read())
-    objects = [
-        json.loads(line)
-        for part in marker["parts"]
-        for line in s3.get_object(Bucket=settings.output_bucket, Key=part["key"])["Body"].read().splitlines()
-    ]
-    return marker, objects
+    return read_published(s3, settings.output_bucket, f"customer-a/{partition}/")
 
 
 def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(

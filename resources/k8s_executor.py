@@ -1,0 +1,153 @@
+"""The k8s deployment's executor: dagster-k8s's `k8s_job_executor` (one Job per step) that also gives up on a
+step pod the cluster cannot schedule.
+
+A step pod that can never be placed (no node with enough GPUs, the GPU pool cordoned or at its quota) stays
+Pending forever, and so would the run: dagster-k8s only fails a step when its Job fails, and a Job whose pod is
+never scheduled never fails. Here the step health check also looks at the Job's pod: Pending with
+`PodScheduled=False (Unschedulable)` for longer than `unschedulable_timeout_s` fails the step with the
+scheduler's own explanation (`0/2 nodes are available: 1 Insufficient nvidia.com/gpu, ...`) and deletes the
+Job, so the pending pod stops asking an autoscaler for a node. The op's retry policy is not applied to that
+failure: the wait already covered the time capacity had to appear, and retrying would wait again.
+
+It also sizes `tag_chunk` pods by the model's resource profile (tagging_platform.models.ResourceProfile): the
+op's tags ask for a GPU, and a manifest whose model is declared CPU-only gets CPU pods without a GPU request.
+The step handler decides this at launch, when the `manifest` step has already resolved the model.
+"""
+
+import datetime as dt
+
+from dagster import AssetKey, AssetRecordsFilter, Field, IntSource
+from dagster._core.definitions.executor_definition import executor, multiple_process_executor_requirements
+from dagster._core.events import DagsterEvent
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster._core.executor.init import InitExecutorContext
+from dagster._core.executor.step_delegating import CheckStepHealthResult, StepDelegatingExecutor
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA, K8sStepHandler, k8s_job_executor
+from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
+UNSCHEDULABLE = "Step pod unschedulable"
+
+# Every step pod runs as the image's non-root user on a read-only root filesystem (writable /tmp only), with no
+# capabilities and no Kubernetes API token: a step only reads and writes S3 and Dagster's storage.
+HARDENED_STEP_POD = {
+    "pod_spec_config": {
+        "automount_service_account_token": False,
+        "security_context": {
+            "run_as_non_root": True,
+            "run_as_user": 10001,
+            "run_as_group": 10001,
+            "fs_group": 10001,
+            "seccomp_profile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [{"name": "tmp", "empty_dir": {}}],
+    },
+    "container_config": {
+        "security_context": {
+            "read_only_root_filesystem": True,
+            "allow_privilege_escalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
+    },
+}
+
+
+def sized_for_cpu(config: UserDefinedDagsterK8sConfig, memory: str) -> UserDefinedDagsterK8sConfig:
+    """A tag_chunk pod's config for a CPU-only model: no GPU request, off the GPU pool, the model's memory."""
+    container = {k: v for k, v in config.container_config.items() if k != "resources"}
+    container["resources"] = {"requests": {"cpu": "1", "memory": memory}, "limits": {"memory": memory}}
+    pod = {k: v for k, v in config.pod_spec_config.items() if k not in ("node_selector", "tolerations")}
+    return config._replace(container_config=container, pod_spec_config=pod)
+
+
+def manifest_profile(instance, partition: str) -> dict[str, str]:
+    """The resource profile of the model a manifest uses, as its `manifest` materialization recorded it."""
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("manifest"), asset_partitions=[partition]), limit=1
+    ).records or [None]
+    metadata = record.asset_materialization.metadata if record else {}
+    return {k: metadata[k].value for k in ("accelerator", "memory") if k in metadata}
+
+
+class SchedulingAwareK8sStepHandler(K8sStepHandler):
+    unschedulable_timeout_s: float = 900.0
+
+    def _get_container_context(self, step_handler_context) -> K8sContainerContext:
+        """tag_chunk asks for a GPU (its op tags); a manifest whose model is CPU-only gets CPU pods instead."""
+        context = super()._get_container_context(step_handler_context)
+        step_key = self._get_step_key(step_handler_context)
+        if step_handler_context.get_step_context(step_key).step.op_name != "tag_chunk":
+            return context
+        partition = step_handler_context.dagster_run.tags.get("dagster/partition")
+        profile = manifest_profile(step_handler_context.instance, partition) if partition else {}
+        if profile.get("accelerator") != "cpu":
+            return context
+        return context._replace(run_k8s_config=sized_for_cpu(context.run_k8s_config, profile["memory"]))
+
+    def check_step_health(self, step_handler_context) -> CheckStepHealthResult:
+        result = super().check_step_health(step_handler_context)
+        if not result.is_healthy:
+            return result
+        job_name = self._get_k8s_step_job_name(step_handler_context)
+        namespace = self._get_container_context(step_handler_context).namespace
+        pods = self._api_client.core_api.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
+        now = dt.datetime.now(dt.timezone.utc)
+        for pod in pods:
+            if pod.status.phase != "Pending" or pod.spec.node_name:
+                continue
+            unschedulable = next(
+                (c for c in pod.status.conditions or []
+                 if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"),
+                None,
+            )
+            waited = (now - pod.metadata.creation_timestamp).total_seconds()
+            if unschedulable is None or waited < self.unschedulable_timeout_s:
+                continue
+            self._api_client.delete_job(job_name=job_name, namespace=namespace)
+            return CheckStepHealthResult.unhealthy(
+                reason=(
+                    f"{UNSCHEDULABLE}: pod {pod.metadata.name} of Kubernetes job {job_name} could not be scheduled"
+                    f" for {waited:.0f} s (limit {self.unschedulable_timeout_s:.0f} s, TP_STEP_UNSCHEDULABLE_TIMEOUT_S):"
+                    f" {unschedulable.message}. The job was deleted."
+                )
+            )
+        return result
+
+
+class _Executor(StepDelegatingExecutor):
+    def log_failure_or_retry_event_after_error(self, step_context, err_info, known_state) -> DagsterEvent:
+        if UNSCHEDULABLE in (err_info.message or ""):
+            return DagsterEvent.step_failure_event(
+                step_context=step_context, step_failure_data=StepFailureData(error=err_info, user_failure_data=None)
+            )
+        return super().log_failure_or_retry_event_after_error(step_context, err_info, known_state)
+
+
+@executor(
+    name="k8s",
+    config_schema={
+        **_K8S_EXECUTOR_CONFIG_SCHEMA,
+        "unschedulable_timeout_s": Field(IntSource, is_required=False, default_value=900),
+        "step_health_check_interval_s": Field(IntSource, is_required=False, default_value=10),
+    },
+    requirements=multiple_process_executor_requirements(),
+)
+def k8s_step_executor(init_context: InitExecutorContext):
+    """`k8s_job_executor` plus the scheduling deadline above; every other option is dagster-k8s's own."""
+    config = dict(init_context.executor_config)
+    timeout = config.pop("unschedulable_timeout_s")
+    interval = config.pop("step_health_check_interval_s")
+    base = k8s_job_executor.executor_creation_fn(
+        InitExecutorContext(
+            job=init_context.job, executor_def=k8s_job_executor, executor_config=config,
+            instance=init_context.instance,
+        )
+    )
+    # Same objects, narrower classes: dagster-k8s builds them, we only add the two behaviours above.
+    base.__class__ = _Executor
+    base._check_step_health_interval_seconds = interval  # noqa: SLF001
+    handler = base._step_handler  # noqa: SLF001
+    handler.__class__ = SchedulingAwareK8sStepHandler
+    handler.unschedulable_timeout_s = float(timeout)
+    return base
