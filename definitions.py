@@ -1,4 +1,4 @@
-"""Composes the platform: assets, checks, jobs, the sensor, and resources and executor for the deployment."""
+"""Composes the platform: assets, checks, jobs, sensors, the canary schedule, and resources and executor for the deployment."""
 
 import dagster as dg
 
@@ -6,7 +6,7 @@ from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
 from resources import build_resources
 from resources.k8s_executor import HARDENED_STEP_POD, k8s_step_executor
-from sensors import build_manifest_sensor, build_model_registry_sensor
+from sensors import build_canary_schedule, build_manifest_sensor, build_model_registry_sensor
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
@@ -41,6 +41,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 minimum_interval_seconds=settings.sensor_interval_s,
             ),
         ],
+        schedules=[build_canary_schedule(settings)],
         resources=build_resources(settings),
         executor=executor_for(settings),
     )

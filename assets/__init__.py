@@ -1,5 +1,6 @@
-"""The platform's assets and checks, grouped by domain: model, intake, tagging, publishing, quality."""
+"""The platform's assets and checks, grouped by domain: model, intake, tagging, publishing, quality, canary."""
 
+from assets.canary import canary_predictions_match
 from assets.intake import manifest
 from assets.model import tagger_model
 from assets.partitions import manifests_partitions
@@ -15,6 +16,6 @@ from assets.quality import (
 from assets.tagging import image_tags
 
 all_assets = [tagger_model, manifest, image_tags, published_tags, tag_quality_metrics, tag_quality_history]
-all_checks = [every_image_accounted_for, error_rate, low_confidence_share, tag_distribution_drift]
+all_checks = [every_image_accounted_for, error_rate, low_confidence_share, tag_distribution_drift, canary_predictions_match]
 
 __all__ = ["all_assets", "all_checks", "manifests_partitions"]

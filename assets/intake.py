@@ -53,6 +53,7 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
         "id": parsed.id,
         "model": model.as_dict() if model else None,
         "output": parsed.output or settings.output_root,
+        "reuse": parsed.reuse,
     }
     return dg.Output(
         table,
@@ -63,6 +64,7 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
             "format": parsed.format,
             "images": len(table),
             "model": model.name if model else "default",
+            "reuse": parsed.reuse,
             "output": dg.MetadataValue.path(table.attrs["output"]),
             "accelerator": profile.accelerator,
             "memory": profile.memory,

@@ -32,8 +32,11 @@ def published_tags(
         raise dg.Failure(f"image_tags mixes model versions {sorted(model_versions)}: refusing to publish")
     model = ModelRef(image_tags.column("model_name")[0].as_py(), model_versions.pop(), settings.model_bucket)
     location = publishing.output_location(manifest.attrs["output"], context.partition_key, model)
+    client = s3.get_client()
+    # A re-tag with a new model version: the old version's output stays, and the new marker points at it.
+    supersedes = publishing.superseded(client, manifest.attrs["output"], context.partition_key, model)
     marker = publishing.publish(
-        s3.get_client(),
+        client,
         image_tags,
         location,
         fmt=settings.publish_format,
@@ -44,6 +47,7 @@ def published_tags(
             "partition": context.partition_key,
             "run_id": context.run_id,
             "model": {"name": model.name, "version": model.version},
+            "supersedes": supersedes,
         },
     )
     context.log.info(f"published {marker['objects']} tag objects to {location}")
@@ -56,5 +60,6 @@ def published_tags(
             "files": marker["files"],
             "tagged": marker["tagged"],
             "errors": marker["errors"],
+            **({"supersedes": dg.MetadataValue.path(supersedes["location"])} if supersedes else {}),
         },
     )

@@ -5,11 +5,12 @@ import base64
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+from dagster_aws.s3 import S3Resource
 
 from assets.partitions import manifests_partitions
 from assets.tagging import image_tags
 from resources.settings import PlatformSettings
-from tagging_platform import quality
+from tagging_platform import canary, quality
 
 
 @dg.asset(
@@ -20,8 +21,16 @@ from tagging_platform import quality
     owners=["team:ml-platform"],
     description="Coverage, error rate, confidence distribution and top tags of one manifest.",
 )
-def tag_quality_metrics(image_tags: pa.Table, platform: PlatformSettings) -> dg.Output[dict]:
+def tag_quality_metrics(
+    context: dg.AssetExecutionContext, image_tags: pa.Table, platform: PlatformSettings, s3: S3Resource
+) -> dg.Output[dict]:
     metrics = quality.tag_metrics(image_tags, low_confidence=platform.settings.low_confidence)
+    # A batch re-tagged by a new model version is compared with the version it replaces.
+    comparison = quality.version_comparison(
+        s3.get_client(), platform.settings.warehouse_bucket, context.partition_key, image_tags
+    )
+    if comparison:
+        metrics["version_comparison"] = comparison
     return dg.Output(
         metrics,
         metadata={
@@ -33,6 +42,7 @@ def tag_quality_metrics(image_tags: pa.Table, platform: PlatformSettings) -> dg.
             "low_confidence_share": dg.MetadataValue.float(metrics["low_confidence_share"]),
             "top_tags": dg.MetadataValue.md(quality.top_tags_markdown(metrics)),
             "error_reasons": dg.MetadataValue.json(metrics["error_reasons"]),
+            **({"version_comparison": dg.MetadataValue.json(comparison)} if comparison else {}),
         },
     )
 
@@ -47,9 +57,13 @@ def tag_quality_metrics(image_tags: pa.Table, platform: PlatformSettings) -> dg.
     "divergence) against the trailing manifests. Updated after every manifest.",
 )
 def tag_quality_history(tag_quality_metrics: dict, platform: PlatformSettings) -> dg.Output[pd.DataFrame]:
-    rows = quality.history(tag_quality_metrics, baseline=platform.settings.drift_baseline_manifests)
+    # The canary's batch measures the model, not the customers' data, and is the latest batch every half
+    # hour: in the history it would be compared with the customers' batches and hide their drift.
+    customers = {partition: m for partition, m in tag_quality_metrics.items() if partition != canary.PARTITION}
+    rows = quality.history(customers, baseline=platform.settings.drift_baseline_manifests)
     frame = pd.DataFrame(rows)
     latest = rows[-1] if rows else {}
+    compared = [r for r in rows if r["compared_versions"]]
     return dg.Output(
         frame,
         metadata={
@@ -57,15 +71,36 @@ def tag_quality_history(tag_quality_metrics: dict, platform: PlatformSettings) -
             "latest": latest.get("partition", ""),
             "latest_drift_jsd": dg.MetadataValue.float(float(latest.get("drift_jsd") or 0.0)),
             "drift": dg.MetadataValue.md(_image(quality.drift_chart_png(rows)) if rows else "no manifests yet"),
-            "history": dg.MetadataValue.md(frame.tail(20).to_markdown(index=False) if rows else ""),
+            "history": dg.MetadataValue.md(
+                frame.drop(columns=list(quality.COMPARISON_COLUMNS)).tail(20).to_markdown(index=False) if rows else ""
+            ),
+            # Batches re-tagged by a new model version against the version they replaced.
+            "version_comparisons": _comparison_table(compared[-20:]),
+            **(
+                {"version_comparison_chart": dg.MetadataValue.md(_image(quality.comparison_chart_png(compared[-20:])))}
+                if compared
+                else {}
+            ),
         },
+    )
+
+
+def _comparison_table(rows: list[dict]) -> dg.TableMetadataValue:
+    columns = ["partition", *quality.COMPARISON_COLUMNS]
+    kinds = {"top1_agreement": "float", "top5_agreement": "float", "confidence_shift": "float"}
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({c: round(r[c], 4) if c in kinds else r[c] for c in columns}) for r in rows
+        ],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, kinds.get(c, "string")) for c in columns]),
     )
 
 
 @dg.asset_check(asset=tag_quality_history, description="The latest manifest's tags are not far from the trailing ones.")
 def tag_distribution_drift(tag_quality_history: pd.DataFrame, platform: PlatformSettings) -> dg.AssetCheckResult:
     threshold = platform.settings.drift_warn_jsd
-    measured = tag_quality_history.dropna(subset=["drift_jsd"])
+    # Empty, without columns, while only the canary has run (it is left out of the history).
+    measured = tag_quality_history.dropna(subset=["drift_jsd"]) if len(tag_quality_history) else tag_quality_history
     drift = float(measured["drift_jsd"].iloc[-1]) if len(measured) else 0.0
     return dg.AssetCheckResult(
         passed=drift <= threshold,

@@ -8,7 +8,7 @@ from dagster_aws.s3 import S3Resource
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from resources.tagger import TaggerResource
-from tagging_platform import engine, metrics, tags
+from tagging_platform import engine, metrics, reuse, tags
 from tagging_platform.models import ModelRef
 from tagging_platform.planning import plan_chunks as plan
 
@@ -49,6 +49,8 @@ def plan_chunks(
         manifest["image_uri"].tolist(),
         model,
         chunking.chunk_images,
+        # Manifests stored before the "reuse" field existed take the default.
+        reuse_tags=manifest.attrs.get("reuse", True),
     ):
         yield dg.DynamicOutput(spec, mapping_key=f"chunk_{spec.index:05d}")
 
@@ -77,7 +79,9 @@ def tag_chunk(
     )
     push(stats, done=True)
     verb = "found earlier result for" if stats.skipped else "tagged"
-    context.log.info(f"{verb} chunk {spec.index}: {stats.tagged} tagged, {stats.errors} errors")
+    context.log.info(
+        f"{verb} chunk {spec.index}: {stats.tagged} tagged ({stats.reused} reused from earlier runs), {stats.errors} errors"
+    )
     context.add_output_metadata({k: v for k, v in stats.as_dict().items()})
     return spec
 
@@ -91,9 +95,11 @@ def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec],
     parts = [engine.read_chunk(client, bucket, spec) for spec in ordered]
     table = pa.concat_tables(parts).cast(tags.TAG_SCHEMA) if parts else tags.empty_tag_table()
     figures = [(spec.index, engine.chunk_stats(client, bucket, spec)) for spec in ordered]
+    # The next manifests with these images (same ETag, same model version) take these tags instead of re-running.
+    indexed = reuse.record(client, bucket, ordered[0].partition, table) if ordered else 0
     tagging_s = sum(f.get("wall_s", 0.0) for _, f in figures)
     rows = "\n".join(
-        f"| {index} | {f.get('images', '')} | {f.get('errors', '')} | {f.get('images_per_s', 0):.1f} | "
+        f"| {index} | {f.get('images', '')} | {f.get('reused', 0)} | {f.get('errors', '')} | {f.get('images_per_s', 0):.1f} | "
         f"{f.get('model_load_s', 0):.1f} | {f.get('inference_s', 0):.1f} | {f.get('fetch_s', 0) + f.get('decode_s', 0):.1f} |"
         for index, f in figures
     )
@@ -101,13 +107,15 @@ def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec],
         {
             "chunks": len(parts),
             "images": table.num_rows,
+            "reused": sum(f.get("reused", 0) for _, f in figures),
+            "reuse_index_entries": indexed,
             # Lineage to the registry: which model version produced these tags.
             **({"model": ordered[0].model.name, "model_version": ordered[0].model.version} if ordered else {}),
             # Per step of tagging (all chunks' images over all chunks' tagging time), whatever ran in parallel.
             "images_per_s_per_step": round(table.num_rows / tagging_s, 2) if tagging_s else 0.0,
             "chunk_figures": dg.MetadataValue.md(
-                "| chunk | images | errors | images/s | model load s | inference s | fetch+decode s (threads) |\n"
-                f"|---|---|---|---|---|---|---|\n{rows}"
+                "| chunk | images | reused | errors | images/s | model load s | inference s | fetch+decode s (threads) |\n"
+                f"|---|---|---|---|---|---|---|---|\n{rows}"
             ),
         }
     )

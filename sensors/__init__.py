@@ -1,6 +1,8 @@
-"""Sensors: manifests become partitions and runs; models registered in the model bucket become materializations."""
+"""Sensors and the schedule: manifests become partitions and runs; models registered in the model bucket become
+materializations; the canary batch runs on a schedule."""
 
+from sensors.canary_schedule import build_canary_schedule
 from sensors.manifest_sensor import build_manifest_sensor
 from sensors.model_registry_sensor import build_model_registry_sensor
 
-__all__ = ["build_manifest_sensor", "build_model_registry_sensor"]
+__all__ = ["build_canary_schedule", "build_manifest_sensor", "build_model_registry_sensor"]

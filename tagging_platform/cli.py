@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import mimetypes
 import signal
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     artifact.add_argument("--builtin", choices=sorted(models.BUILTIN_MODELS), help="a built-in model under a new name")
     register.add_argument("--architecture", help="torchvision model name (with --weights)")
     register.add_argument("--labels", type=Path, help="class names: a JSON list or one per line, in output order")
-    register.add_argument("--resize", type=int, default=256)
-    register.add_argument("--crop", type=int, default=224)
+    # Defaults 256 and 224; with --builtin, the built-in model's own unless given (a new preprocessing is a new version).
+    register.add_argument("--resize", type=int)
+    register.add_argument("--crop", type=int)
     register.add_argument("--mean", type=float, nargs=3, default=models.Preprocessing().mean, metavar=("R", "G", "B"))
     register.add_argument("--std", type=float, nargs=3, default=models.Preprocessing().std, metavar=("R", "G", "B"))
     register.add_argument("--accelerator", choices=models.ACCELERATORS, default="gpu")
@@ -83,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--batch-size", type=int, default=32)
     register.add_argument("--description", default="")
     model_commands.add_parser("list", help="every registered model's latest version")
+
+    retag = commands.add_parser(
+        "retag", help="re-tag the batches an older version of a model tagged: the estimate, then one backfill of them"
+    )
+    retag.add_argument("--model", required=True, metavar="NAME[@VERSION]",
+                       help="re-tag with NAME's latest version; @VERSION (a prefix will do) keeps only batches that version tagged")
+    retag.add_argument("--manifest", action="append", help="only this batch (repeatable); default: every stale batch")
+    retag.add_argument("--dry-run", action="store_true", help="print the estimate and launch nothing")
+    retag.add_argument("--dagster-url", help="the Dagster webserver (default: TP_DAGSTER_URL)")
+
+    compare = commands.add_parser(
+        "compare", help="batches re-tagged by a new model version against the version they replaced (tag_quality_history)"
+    )
+    compare.add_argument("--manifest", action="append", help="only this batch (repeatable)")
 
     api = commands.add_parser("api", help="the customers' HTTP API (FastAPI; OpenAPI docs at /docs)")
     api.add_argument("--host", help="default: TP_API_HOST (127.0.0.1)")
@@ -101,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands_by_name = {
         "demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query, "model": run_model,
-        "api": run_api, "api-key": run_api,
+        "api": run_api, "api-key": run_api, "retag": run_retag,
+        "compare": run_compare,
     }
     return commands_by_name[args.command](args)
 
@@ -165,7 +182,15 @@ def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
     profile = models.ResourceProfile(accelerator=args.accelerator, memory=args.memory, batch_size=args.batch_size)
     if args.builtin:
         builtin, artifact = models.builtin_model(args.builtin)
-        return dataclasses.replace(builtin, name=args.name, profile=profile, description=args.description or builtin.description), artifact
+        preprocessing = dataclasses.replace(
+            builtin.preprocessing,
+            resize=args.resize or builtin.preprocessing.resize,
+            crop=args.crop or builtin.preprocessing.crop,
+        )
+        return dataclasses.replace(
+            builtin, name=args.name, profile=profile, description=args.description or builtin.description,
+            preprocessing=preprocessing,
+        ), artifact
     if args.labels is None:
         raise ValueError("--labels is required with --torchscript or --weights")
     if args.weights and not args.architecture:
@@ -180,12 +205,77 @@ def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
         artifact_sha256=hashlib.sha256(artifact).hexdigest(),
         labels=tuple(str(label) for label in labels),
         parents=taxonomy.parents_for(labels),  # the ImageNet classes get their WordNet parents
-        preprocessing=models.Preprocessing(resize=args.resize, crop=args.crop, mean=tuple(args.mean), std=tuple(args.std)),
+        preprocessing=models.Preprocessing(
+            resize=args.resize or 256, crop=args.crop or 224, mean=tuple(args.mean), std=tuple(args.std)
+        ),
         description=args.description,
         source=str(args.torchscript or args.weights),
         profile=profile,
     )
     return card, artifact
+
+
+def run_retag(args) -> int:
+    from tagging_platform import retag
+    from tagging_platform.dagster_client import DagsterClient, DagsterError
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    name, _, older = args.model.partition("@")
+    try:
+        target = models.resolve_model(client, settings.model_bucket, name)
+        batches = retag.stale_batches(settings, target, older or None, args.manifest)
+    except (models.ModelError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dagster = DagsterClient(args.dagster_url or settings.dagster_url)
+    try:
+        in_dagster = retag.stale_in_dagster(dagster, [b.partition for b in batches])
+    except DagsterError as exc:
+        if not args.dry_run:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        in_dagster = {}
+    print(retag.describe(batches, target, in_dagster))
+    if args.dry_run or not batches:
+        if batches:
+            print("dry run: nothing launched")
+        return 0
+    try:
+        backfill = retag.launch(dagster, settings, target, batches)
+    except (retag.RetagError, DagsterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"launched backfill {backfill} of {len(batches)} batches: {dagster.url}/runs/b/{backfill}")
+    return 0
+
+
+def run_compare(args) -> int:
+    import pyarrow.parquet as pq
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    try:
+        body = client.get_object(Bucket=settings.warehouse_bucket, Key="assets/tag_quality_history/data.parquet")["Body"]
+    except client.exceptions.NoSuchKey:
+        print("no tag_quality_history yet: it is materialized after the first batch", file=sys.stderr)
+        return 2
+    frame = pq.read_table(io.BytesIO(body.read())).to_pandas()
+    if "compared_versions" in frame:
+        frame = frame[frame["compared_versions"].notna()]
+    if args.manifest:
+        frame = frame[frame["partition"].isin(args.manifest)]
+    if not len(frame) or "compared_versions" not in frame:
+        print("(no batch has been re-tagged by a new model version)")
+        return 0
+    for row in frame.to_dict("records"):
+        print(
+            f"{row['partition']} ({row['images']} images): versions {row['compared_versions']}\n"
+            f"  top-1 agreement {row['top1_agreement']:.1%}, top-5 agreement {row['top5_agreement']:.1%}, "
+            f"confidence shift {row['confidence_shift']:+.3f}\n"
+            f"  gained: {row['classes_gained'] or '-'}\n  lost:   {row['classes_lost'] or '-'}"
+        )
+    return 0
 
 
 def run_plan(args) -> int:
@@ -270,8 +360,9 @@ def run_demo(args) -> int:
     from tagging_platform.local import LocalPlatform
 
     started = time.monotonic()
-    # Small chunks so the demo shows the fan-out: several tag_chunk steps for one manifest.
-    overrides = {"TP_MAX_CHUNK_IMAGES": "8", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2"}
+    # Small chunks so the demo shows the fan-out: several tag_chunk steps for one manifest. The canary's
+    # schedule stays stopped: the demo shows one batch, and a canary run would compete with it for the CPU.
+    overrides = {"TP_MAX_CHUNK_IMAGES": "8", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2", "TP_CANARY_ENABLED": "0"}
     with LocalPlatform(args.workspace, settings_overrides=overrides) as platform:
         settings = platform.settings
         print(f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})")

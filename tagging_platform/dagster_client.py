@@ -46,6 +46,37 @@ query LatestRun($filter: RunsFilter) {
 }"""
 
 
+_DATA_VERSION = """
+query DataVersion($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { __typename ... on AssetNode { dataVersion } ... on Error { message } }
+}"""
+
+_STALE_STATUS = """
+query StaleStatus($key: AssetKeyInput!, $partitions: [String!]) {
+  assetNodeOrError(assetKey: $key) {
+    __typename ... on AssetNode { staleStatusByPartition(partitions: $partitions) } ... on Error { message }
+  }
+}"""
+
+_LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+
+_BACKFILL = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status }
+    ... on Error { message }
+  }
+}"""
+
+
 class DagsterError(RuntimeError):
     """The Dagster webserver could not be reached or answered with an error."""
 
@@ -106,6 +137,41 @@ class DagsterClient:
         if result["__typename"] != "Runs":
             raise DagsterError(result.get("message", result["__typename"]))
         return result["results"][0] if result["results"] else None
+
+    def data_version(self, asset: str) -> str | None:
+        """The data version of an unpartitioned asset's latest materialization."""
+        return self._asset_node(_DATA_VERSION, asset)["dataVersion"]
+
+    def stale_status(self, asset: str, partitions: list[str]) -> list[str]:
+        """FRESH, STALE or MISSING for each partition, as the UI shows them."""
+        return self._asset_node(_STALE_STATUS, asset, partitions=partitions)["staleStatusByPartition"]
+
+    def launch_partition_backfill(
+        self, assets: list[str], partitions: list[str], title: str, tags: dict[str, str] | None = None
+    ) -> str:
+        """An asset backfill of these partitions (what the UI's "Materialize" of selected partitions starts)."""
+        params = {
+            "assetSelection": [{"path": [asset]} for asset in assets],
+            "partitionNames": partitions,
+            "title": title,
+            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+        }
+        result = self.query(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise DagsterError(f"{result['__typename']}: {result.get('message', '')}")
+        return result["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> str:
+        result = self.query(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        if result["__typename"] != "PartitionBackfill":
+            raise DagsterError(result.get("message", result["__typename"]))
+        return result["status"]
+
+    def _asset_node(self, query: str, asset: str, **variables: Any) -> dict[str, Any]:
+        result = self.query(query, {"key": {"path": [asset]}, **variables})["assetNodeOrError"]
+        if result["__typename"] != "AssetNode":
+            raise DagsterError(result.get("message", result["__typename"]))
+        return result
 
     def run_events(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The run's asset check evaluations and step failures."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,10 +15,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import ConnectionError as S3ConnectionError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tagging_platform import models, tags
+from tagging_platform import models, reuse, tags
 from tagging_platform.manifests import split_s3_uri
 
 # Pillow's own guard warns at 89M pixels and fails at twice that; we fail at the warning level, with a reason.
@@ -36,6 +43,8 @@ class ChunkSpec:
     positions: tuple[int, ...]
     images: tuple[str, ...]
     model: models.ModelRef
+    # Whether images this model version tagged before (same ETag) take those tags (the manifest's "reuse").
+    reuse: bool = True
 
     @property
     def result_key(self) -> str:
@@ -51,9 +60,11 @@ class ChunkSpec:
 @dataclass
 class ChunkStats:
     images: int = 0
-    tagged: int = 0
+    tagged: int = 0  # images with tags, reused ones included
     errors: int = 0
     skipped: bool = False
+    reused: int = 0  # of `tagged`, those whose tags came from the reuse index rather than the model
+    lookup_s: float = 0.0
     model_load_s: float = 0.0
     fetch_s: float = 0.0
     decode_s: float = 0.0
@@ -295,17 +306,67 @@ def run_chunk(
             images=counts.get("images", len(spec.images)),
             tagged=counts.get("tagged", 0),
             errors=counts.get("errors", 0),
+            reused=counts.get("reused", 0),
             skipped=True,
         )
-    tagger = load_tagger()
-    rows, stats = tagger.tag(s3_client, spec, run_id, progress)
+    started = time.perf_counter()
+    reused_rows = _reused_rows(s3_client, warehouse_bucket, spec, run_id) if spec.reuse else []
+    lookup_s = time.perf_counter() - started
+    done = {row["position"] for row in reused_rows}
+    rest = [(p, i) for p, i in zip(spec.positions, spec.images, strict=True) if p not in done]
+    if rest:
+        # Only the images not seen before go through the model; a chunk with none never loads it.
+        remaining = dataclasses.replace(spec, positions=tuple(p for p, _ in rest), images=tuple(i for _, i in rest))
+        rows, stats = load_tagger().tag(s3_client, remaining, run_id, progress)
+    else:
+        rows, stats = [], ChunkStats()
+    stats.images, stats.reused, stats.lookup_s = len(spec.images), len(reused_rows), lookup_s
+    stats.tagged += len(reused_rows)
     write_started = time.perf_counter()
-    body = tags.to_parquet_bytes(tags.tag_table(rows))
+    body = tags.to_parquet_bytes(tags.tag_table(rows + reused_rows))
     stats.write_s = time.perf_counter() - write_started
+    stats.wall_s = time.perf_counter() - started
     s3_client.put_object(
         Bucket=warehouse_bucket, Key=spec.result_key, Body=body, Metadata={"stats": json.dumps(stats.as_dict())}
     )
     return stats
+
+
+def _reused_rows(s3_client, warehouse_bucket: str, spec: ChunkSpec, run_id: str) -> list[dict[str, Any]]:
+    """Rows for the chunk's images that this model version already tagged, found by ETag in the reuse index.
+
+    The images' current ETags (a listing of their folder, or a HEAD each), then one index lookup for the whole
+    chunk. An image whose ETag cannot be read is left to the tagger, which reports why it cannot be read.
+    """
+    etags = reuse.current_etags(s3_client, list(spec.images))
+    found = reuse.lookup(s3_client, warehouse_bucket, spec.model, (e for e in etags if e))
+    rows = []
+    for position, image, etag in zip(spec.positions, spec.images, etags, strict=True):
+        hit = found.get(etag) if etag else None
+        if hit is None:
+            continue
+        rows.append(
+            {
+                "image": image,
+                "position": position,
+                "etag": etag,
+                "status": tags.STATUS_OK,
+                "error": None,
+                "tags": hit["tags"],
+                "top_tag": hit["top_tag"],
+                "top_confidence": hit["top_confidence"],
+                "model_name": spec.model.name,
+                "model_version": spec.model.version,
+                "manifest": spec.manifest,
+                "partition": spec.partition,
+                "chunk": spec.index,
+                "run_id": run_id,
+                # When the tags were made, and by which run: this row only carries them into this batch.
+                "tagged_at": hit["tagged_at"],
+                "reused_from": hit["origin"],
+            }
+        )
+    return rows
 
 
 def chunk_stats(s3_client, warehouse_bucket: str, spec: ChunkSpec) -> dict[str, Any]:
@@ -316,7 +377,8 @@ def chunk_stats(s3_client, warehouse_bucket: str, spec: ChunkSpec) -> dict[str, 
 
 def read_chunk(s3_client, warehouse_bucket: str, spec: ChunkSpec):
     body = s3_client.get_object(Bucket=warehouse_bucket, Key=spec.result_key)["Body"].read()
-    return tags.from_parquet_bytes(body)
+    # A result written before the schema gained columns still merges with the newer ones.
+    return tags.conform(tags.from_parquet_bytes(body))
 
 
 def chunk_specs(
@@ -327,6 +389,7 @@ def chunk_specs(
     images: Sequence[str],
     model: models.ModelRef,
     chunk_images: int,
+    reuse_tags: bool = True,
 ) -> list[ChunkSpec]:
     return [
         ChunkSpec(
@@ -337,6 +400,7 @@ def chunk_specs(
             positions=tuple(positions[start : start + chunk_images]),
             images=tuple(images[start : start + chunk_images]),
             model=model,
+            reuse=reuse_tags,
         )
         for index, start in enumerate(range(0, len(images), chunk_images))
     ]

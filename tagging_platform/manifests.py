@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-NATIVE_FIELDS = ("images", "model", "output", "id")
+NATIVE_FIELDS = ("images", "model", "output", "id", "reuse")
 MAX_ID_CHARS = 200
 MAX_PARTITION_NAME = 80
 
@@ -62,6 +62,8 @@ class Manifest:
     model: str | None
     output: str | None
     id: str | None
+    # Whether images already tagged by the same model version (same ETag) take their earlier tags.
+    reuse: bool = True
 
     def table(self) -> pd.DataFrame:
         """One row per image: image_uri and its 0-based position in the manifest."""
@@ -290,12 +292,15 @@ def _native(obj: dict, source: str, rules: _Rules) -> Manifest:
         output = rules.output(output)
     if manifest_id is not None and (len(manifest_id) > MAX_ID_CHARS or not manifest_id.isprintable()):
         raise ManifestError(f'field "id": must be at most {MAX_ID_CHARS} printable characters')
+    reuse = obj.get("reuse")
+    if reuse is not None and not isinstance(reuse, bool):
+        raise ManifestError(f'field "reuse": expected true or false, got a JSON {_json_type(reuse)}')
     uris = obj.get("images")
     if uris is None:
         raise ManifestError('the manifest lists no images (it has no "images" field)')
     if not isinstance(uris, list):
         raise ManifestError(f'field "images": expected a list of s3:// URIs, got a JSON {_json_type(uris)}')
-    return Manifest(source, "native", rules.images(uris), model, output, manifest_id)
+    return Manifest(source, "native", rules.images(uris), model, output, manifest_id, reuse is not False)
 
 
 def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:

@@ -10,6 +10,14 @@ runs, its progress; when it ends, its totals. Prometheus scrapes the Pushgateway
     avg by (model) (tagging_chunk_images_per_second)          throughput of the chunks
     max by (model) (tagging_model_load_seconds)               model load time
 
+The canary (tagging_platform/canary.py) pushes its verdict under `job="tagging_canary"` each time its
+check runs; a canary that stops running stops pushing, so alert on its age as well as its result
+(deploy/prometheus/canary-alerts.yml):
+
+    time() - tagging_canary_last_run_timestamp_seconds      seconds since the last canary verdict
+    tagging_canary_passed == 0                              the last canary drifted
+    tagging_canary_images{result="fail"}                    how many of its photographs drifted
+
 Pushing never fails a step: a Pushgateway that is down costs a warning, not the chunk.
 """
 
@@ -24,6 +32,7 @@ from prometheus_client.exposition import default_handler, push_to_gateway
 log = logging.getLogger(__name__)
 
 JOB = "tag_chunk"
+CANARY_JOB = "tagging_canary"
 _PUSH_TIMEOUT_S = 3.0
 
 
@@ -51,19 +60,41 @@ def _chunk_registry(stats, model: str, version: str, done: bool) -> CollectorReg
     return registry
 
 
+def _handler(url, method, timeout, headers, data):
+    return default_handler(url, method, _PUSH_TIMEOUT_S, headers, data)
+
+
+def push_canary(gateway: str, *, passed: bool, images: int, failed: int, model: str, version: str, at: float) -> None:
+    """The canary's latest verdict; one group, so each push replaces the previous one (an old model version's too)."""
+    if not gateway:
+        return
+    registry = CollectorRegistry()
+    labels = {"model": model, "version": version}
+    Gauge(
+        "tagging_canary_last_run_timestamp_seconds", "When the canary's check last ran (Unix time).", list(labels), registry=registry
+    ).labels(**labels).set(at)
+    Gauge("tagging_canary_passed", "1 if every canary photograph got its expected tags, else 0.", list(labels), registry=registry).labels(
+        **labels
+    ).set(1 if passed else 0)
+    counts = Gauge("tagging_canary_images", "Canary photographs by result.", [*labels, "result"], registry=registry)
+    counts.labels(**labels, result="pass").set(images - failed)
+    counts.labels(**labels, result="fail").set(failed)
+    try:
+        push_to_gateway(gateway, job=CANARY_JOB, registry=registry, handler=_handler)
+    except OSError as exc:
+        log.warning("could not push the canary's metrics to %s: %s", gateway, exc)
+
+
 def chunk_pusher(gateway: str, batch: str, chunk: int, model: str, version: str) -> Callable[..., None]:
     """A function `push(stats, done=False)` for one chunk; a no-op when no gateway is configured."""
     if not gateway:
         return lambda stats, done=False: None
     grouping = {"batch": batch, "chunk": str(chunk)}
 
-    def handler(url, method, timeout, headers, data):
-        return default_handler(url, method, _PUSH_TIMEOUT_S, headers, data)
-
     def push(stats, done: bool = False) -> None:
         try:
             push_to_gateway(
-                gateway, job=JOB, grouping_key=grouping, registry=_chunk_registry(stats, model, version, done), handler=handler
+                gateway, job=JOB, grouping_key=grouping, registry=_chunk_registry(stats, model, version, done), handler=_handler
             )
         except OSError as exc:
             log.warning("could not push metrics to %s: %s", gateway, exc)

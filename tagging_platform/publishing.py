@@ -73,6 +73,24 @@ def publish(
     return marker
 
 
+def superseded(s3_client, base: str, partition: str, model: ModelRef) -> dict[str, Any] | None:
+    """The batch's newest complete output from another version of the same model: what a new version replaces.
+
+    It stays where it is (every version has its own prefix); the new marker names it so readers can follow.
+    """
+    bucket, prefix = split_s3_uri(output_location(base, partition, model).rsplit("/", 2)[0] + "/")
+    earlier = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            location = f"s3://{bucket}/{common['Prefix']}"
+            marker = read_marker(s3_client, location) if location != output_location(base, partition, model) else None
+            if marker and marker.get("model", {}).get("version") != model.version:
+                earlier.append(
+                    {"version": marker["model"]["version"], "location": location, "completed_at": marker["completed_at"]}
+                )
+    return max(earlier, key=lambda m: m["completed_at"], default=None)
+
+
 def read_marker(s3_client, location: str) -> dict[str, Any] | None:
     bucket, prefix = split_s3_uri(location)
     try:

@@ -11,9 +11,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tagging_platform import tags
+from tagging_platform import reuse, tags
+from tagging_platform.models import ModelRef
 
 HISTOGRAM_BINS = 10
+# tag_quality_history's columns comparing a batch's tags with those of the model version they replaced.
+COMPARISON_COLUMNS = (
+    "compared_versions", "top1_agreement", "top5_agreement", "confidence_shift", "classes_gained", "classes_lost"
+)
 
 
 def accounting(table: pa.Table, manifest_images: list[str]) -> dict[str, Any]:
@@ -111,10 +116,93 @@ def history(metrics_by_partition: dict[str, dict[str, Any]], baseline: int = 5) 
                 "low_confidence_share": metrics["low_confidence_share"],
                 "top_tag": metrics["top_tags"][0]["name"] if metrics["top_tags"] else None,
                 "drift_jsd": jensen_shannon(current, reference) if reference else None,
+                **_comparison_columns(metrics.get("version_comparison")),
             }
         )
         distributions.append(current)
     return rows
+
+
+def version_comparison(s3_client, warehouse_bucket: str, partition: str, table: pa.Table) -> dict[str, Any] | None:
+    """A batch's tags against the model version they replaced (its reuse index), or None if none was there."""
+    if not table.num_rows:
+        return None
+    model = ModelRef(table.column("model_name")[0].as_py(), table.column("model_version")[0].as_py(), "")
+    earlier = reuse.earlier_version(s3_client, warehouse_bucket, model, partition)
+    if earlier is None:
+        return None
+    version, rows = earlier
+    return {"from_version": version, "to_version": model.short_version, **compare_versions(rows, table)}
+
+
+def compare_versions(earlier: pa.Table, current: pa.Table, top_n: int = 5) -> dict[str, Any]:
+    """How a new model version's tags of a batch differ from an earlier version's, image by image (by ETag).
+
+    `earlier` has the earlier version's rows (etag, tags, top_tag, top_confidence: its reuse index), `current`
+    is the batch's tag table. Top-1 agreement: the share of images whose best tag is the same; top-5
+    agreement: the mean share of the earlier version's tags (its top-k) that the new version also gives;
+    classes gained and lost: the best tags that became more and less frequent; confidence shift: the mean
+    change of the best tag's confidence.
+    """
+    before = {row["etag"]: row for row in earlier.select(["etag", "tags", "top_tag", "top_confidence"]).to_pylist()}
+    ok = current.filter(pc.equal(current.column("status"), tags.STATUS_OK))
+    pairs = [
+        (before[row["etag"]], row)
+        for row in ok.select(["etag", "tags", "top_tag", "top_confidence"]).to_pylist()
+        if row["etag"] in before
+    ]
+    if not pairs:
+        return {"images": 0}
+    top1 = sum(old["top_tag"] == new["top_tag"] for old, new in pairs) / len(pairs)
+    top5 = sum(
+        len({t["name"] for t in old["tags"] or []} & {t["name"] for t in new["tags"] or []}) / max(1, len(old["tags"] or []))
+        for old, new in pairs
+    ) / len(pairs)
+    change = Counter(new["top_tag"] for _, new in pairs)
+    change.subtract(Counter(old["top_tag"] for old, _ in pairs))
+    ranked = sorted(change.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        "images": len(pairs),
+        "top1_agreement": top1,
+        "top5_agreement": top5,
+        "confidence_shift": sum(new["top_confidence"] - old["top_confidence"] for old, new in pairs) / len(pairs),
+        "gained": [{"name": n, "images": c} for n, c in ranked[:top_n] if c > 0],
+        "lost": [{"name": n, "images": -c} for n, c in reversed(ranked[-top_n:]) if c < 0],
+    }
+
+
+def comparison_chart_png(rows: list[dict[str, Any]]) -> bytes:
+    """For each batch compared with an earlier model version (history rows): top-1 and top-5 agreement, and
+    the confidence shift."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 2.6), dpi=100)
+    positions = range(len(rows))
+    axes.bar([p - 0.2 for p in positions], [r["top1_agreement"] for r in rows], width=0.4, color="#4f46e5", label="top-1 agreement")
+    axes.bar([p + 0.2 for p in positions], [r["top5_agreement"] for r in rows], width=0.4, color="#a5b4fc", label="top-5 agreement")
+    axes.plot(positions, [r["confidence_shift"] for r in rows], marker="o", color="#dc2626", label="confidence shift")
+    axes.axhline(0, color="#6b7280", linewidth=0.5)
+    axes.set_xticks(list(positions), [r["partition"][:14] for r in rows], rotation=30, fontsize=7)
+    axes.set_ylim(min(-0.2, *(r["confidence_shift"] for r in rows)), 1)
+    axes.legend(fontsize=7)
+    return _png(figure)
+
+
+def _comparison_columns(comparison: dict[str, Any] | None) -> dict[str, Any]:
+    """The history's columns for a batch re-tagged by a new model version (None for the others)."""
+    if not (comparison and comparison.get("images")):
+        return dict.fromkeys(COMPARISON_COLUMNS)
+    return {
+        "compared_versions": f"{comparison['from_version']} > {comparison['to_version']}",
+        "top1_agreement": comparison["top1_agreement"],
+        "top5_agreement": comparison["top5_agreement"],
+        "confidence_shift": comparison["confidence_shift"],
+        "classes_gained": ", ".join(f"{t['name']} (+{t['images']})" for t in comparison["gained"]),
+        "classes_lost": ", ".join(f"{t['name']} (-{t['images']})" for t in comparison["lost"]),
+    }
 
 
 def confidence_histogram_png(metrics: dict[str, Any]) -> bytes:

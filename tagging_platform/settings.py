@@ -70,6 +70,8 @@ class Settings:
     deadline_min: float = 60.0
     min_chunk_images: int = 500
     max_chunk_images: int = 50_000
+    # What one GPU-hour of the pool costs, for the cost `tagging-platform retag` estimates before re-tagging.
+    gpu_hour_usd: float = 2.5
     # Published output: JSON Lines parts of this many objects, or one object per image.
     publish_format: str = "jsonl"
     publish_part_images: int = 10_000
@@ -120,6 +122,15 @@ class Settings:
     api_preload_default_model: int = 1
     # Customers and their hashed API keys, in the warehouse bucket.
     api_customers_prefix: str = "api/customers/"
+    # The canary (tagging_platform/canary.py): on this cron schedule (UTC) known photographs are tagged as a
+    # batch of their own and the published tags compared with expectations a person wrote. 0: the schedule
+    # starts stopped (the demo; it can still be started from the UI).
+    canary_enabled: int = 1
+    canary_cron: str = "*/30 * * * *"
+    # Where the schedule uploads the canary's photographs; must be inside the allowed image locations.
+    canary_image_prefix: str = "s3://images/canary/"
+    # An expectations file shaped like tagging_platform/data/canary.json; empty: that file.
+    canary_expectations: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -147,7 +158,7 @@ class Settings:
             )
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
             raise SettingsError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
-        for name in ("manifest_prefix", "output_prefix", "api_customers_prefix"):
+        for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):
             value = getattr(self, name)
             if value and not value.endswith("/"):
                 raise SettingsError(f"TP_{name.upper()} must end with '/': {value!r}")

@@ -18,6 +18,16 @@ TAG_STRUCT = pa.struct(
     ]
 )
 
+# Where reused tags were first produced: the manifest, batch, run and chunk that ran the model on the image.
+ORIGIN_STRUCT = pa.struct(
+    [
+        pa.field("manifest", pa.string()),
+        pa.field("partition", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("chunk", pa.int32()),
+    ]
+)
+
 # One row per manifest image. Documented in docs/formats.md: add columns at the end, never rename.
 TAG_SCHEMA = pa.schema(
     [
@@ -36,6 +46,8 @@ TAG_SCHEMA = pa.schema(
         pa.field("chunk", pa.int32(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("tagged_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        # Null when this run tagged the image; set when the tags were reused (tagging_platform.reuse).
+        pa.field("reused_from", ORIGIN_STRUCT),
     ]
 )
 
@@ -47,6 +59,14 @@ def tag_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     """Rows as dicts (the engine's output) to a table with the stable schema, ordered by position."""
     table = pa.Table.from_pylist(list(rows), schema=TAG_SCHEMA)
     return table.sort_by("position")
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A table written before columns were added to the schema, with those columns as nulls."""
+    for field in TAG_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(TAG_SCHEMA.names).cast(TAG_SCHEMA)
 
 
 def empty_tag_table() -> pa.Table:
@@ -77,6 +97,8 @@ def tag_object(row: dict[str, Any]) -> dict[str, Any]:
     obj["manifest"] = row["manifest"]
     obj["run_id"] = row["run_id"]
     obj["chunk"] = row["chunk"]
+    if row.get("reused_from"):
+        obj["reused_from"] = dict(row["reused_from"])
     return obj
 
 

@@ -29,6 +29,9 @@ def settings() -> Settings:
         "TP_MIN_CHUNK_IMAGES": "1",
         "TP_FETCH_WORKERS": "2",
         "TP_BATCH_SIZE": "4",
+        # Platforms started by tests keep the canary's schedule stopped: a half-hour tick would add a run to
+        # whatever test is running then. The canary's own tests evaluate the schedule themselves.
+        "TP_CANARY_ENABLED": "0",
     }
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)

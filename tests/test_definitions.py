@@ -14,6 +14,7 @@ CHECKS = {
     ("image_tags", "error_rate"),
     ("image_tags", "low_confidence_share"),
     ("tag_quality_history", "tag_distribution_drift"),
+    ("published_tags", "canary_predictions_match"),
 }
 
 
@@ -31,6 +32,7 @@ def test_definitions_load_with_every_asset_check_sensor_and_job():
     assert _asset_names(defs) == ASSETS
     assert _check_names(defs) == CHECKS
     assert {s.name for s in defs.sensors} == {"manifest_sensor", "model_registry_sensor", "quality_history_automation"}
+    assert {s.name for s in defs.schedules} == {"canary_schedule"}
     for job in ("tag_manifest", "publish_model"):
         assert defs.resolve_job_def(job).name == job
 
@@ -53,6 +55,17 @@ def test_manifest_assets_share_one_dynamic_partition_per_manifest():
 @pytest.mark.parametrize("name", ["manifest_sensor", "model_registry_sensor"])
 def test_the_sensors_run_by_default(name):
     assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_canary_runs_every_half_hour_unless_a_setting_stops_it():
+    schedule = build_definitions(Settings.from_env({})).resolve_schedule_def("canary_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("*/30 * * * *", "UTC")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "tag_manifest"  # the customers' job, not one of its own
+
+    settings = Settings.from_env({"TP_CANARY_ENABLED": "0", "TP_CANARY_CRON": "0 * * * *"})
+    stopped = build_definitions(settings).resolve_schedule_def("canary_schedule")
+    assert (stopped.cron_schedule, stopped.default_status) == ("0 * * * *", dg.DefaultScheduleStatus.STOPPED)
 
 
 def test_one_setting_switches_intake_to_s3_events():

@@ -90,6 +90,12 @@ def test_native_fields_given_as_null_count_as_not_given():
     assert (manifest.model, manifest.output, manifest.id) == (None, None, None)
 
 
+def test_reuse_is_on_unless_a_native_manifest_turns_it_off():
+    assert parse(native(IMAGES)).reuse and parse(native(IMAGES, reuse=None)).reuse and parse(native(IMAGES, reuse=True)).reuse
+    assert not parse(native(IMAGES, reuse=False)).reuse
+    assert parse(SAME_IMAGES_IN_EACH_FORMAT["jsonl"]).reuse
+
+
 def test_other_formats_ask_for_no_model_output_or_id():
     for fmt in ("sagemaker", "jsonl"):
         manifest = parse(SAME_IMAGES_IN_EACH_FORMAT[fmt])
@@ -272,6 +278,8 @@ def test_an_unknown_native_field_is_named_so_a_typo_does_not_pass_silently():
         (native(IMAGES, id={"n": 1}), 'field "id": expected a string, got a JSON object'),
         (native(IMAGES, id="x" * 201), 'field "id": must be at most 200 printable characters'),
         (native(IMAGES, id="tab\there"), 'field "id": must be at most 200 printable characters'),
+        (native(IMAGES, reuse="false"), 'field "reuse": expected true or false, got a JSON string'),
+        (native(IMAGES, reuse=0), 'field "reuse": expected true or false, got a JSON number'),
     ],
 )
 def test_native_field_types_are_checked(data, expected):

@@ -6,16 +6,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_platform.engine import ChunkStats
 from tagging_platform.embedded import free_port
-from tagging_platform.metrics import chunk_pusher
+from tagging_platform.metrics import CANARY_JOB, chunk_pusher, push_canary
 
 
-def scrape(gateway: str, batch: str) -> dict[tuple[str, tuple], float]:
+def scrape(gateway: str, batch: str = "", job: str = "") -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()
     return {
         (sample.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k not in ("instance",)))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.labels.get("batch") == batch
+        if (batch and sample.labels.get("batch") == batch) or (job and sample.labels.get("job") == job)
     }
 
 
@@ -42,3 +42,16 @@ def test_a_gateway_that_is_down_never_fails_the_chunk(caplog):
     push(ChunkStats(images=1, tagged=1), done=True)
     assert "could not push metrics" in caplog.text
 
+
+
+def test_the_canary_pushes_its_result_and_when_it_ran_replacing_the_previous_one(pushgateway):
+    push_canary(pushgateway, passed=True, images=5, failed=0, model="mobilenet_v2", version="sha256:old", at=1700000000.0)
+    push_canary(pushgateway, passed=False, images=5, failed=2, model="mobilenet_v2", version="sha256:new", at=1700001800.0)
+    labels = (("job", CANARY_JOB), ("model", "mobilenet_v2"), ("version", "sha256:new"))
+    pushed = scrape(pushgateway, job=CANARY_JOB)
+    assert pushed[("tagging_canary_last_run_timestamp_seconds", labels)] == 1700001800.0
+    assert pushed[("tagging_canary_passed", labels)] == 0
+    assert pushed[("tagging_canary_images", tuple(sorted((*labels, ("result", "fail")))))] == 2
+    assert pushed[("tagging_canary_images", tuple(sorted((*labels, ("result", "pass")))))] == 3
+    # One group: the earlier push (another model version) is gone, so "the canary" is one series per figure.
+    assert not any(dict(key).get("version") == "sha256:old" for _, key in pushed)
