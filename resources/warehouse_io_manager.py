@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 
 # pandas' own attrs do not survive Parquet reliably across versions; we keep them in the schema metadata.
@@ -64,8 +65,12 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         for partition in context.asset_partition_keys:
             try:
                 values[partition] = self._load(self._base(context.asset_key, partition), dict)
-            except self.s3.get_client().exceptions.NoSuchKey:
-                continue  # a batch whose run failed before this asset
+            except ClientError as exc:
+                # Matched by code: each get_client() is a new boto3 session with its own exception classes, so
+                # another client's `exceptions.NoSuchKey` never matches (a batch still running failed this load).
+                if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                    raise
+                continue  # a batch whose run failed, or has not yet reached, this asset
         return values
 
     def _load(self, base: str, wanted: Any) -> Any:

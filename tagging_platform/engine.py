@@ -274,6 +274,11 @@ class Tagger:
             data = response["Body"].read()
             etag = response["ETag"].strip('"')
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row with its reason
+            if _transient(exc):
+                # S3 away or throttled beyond botocore's retries says nothing about the image: an error row
+                # would publish a good image as failed for good. Failing the chunk (nothing of it is written
+                # yet) lets the step's retry policy tag it again once S3 is back.
+                raise
             return _Decoded(position, image, None, error=_fetch_error(exc), fetch_s=time.perf_counter() - started)
         fetched = time.perf_counter()
         try:
@@ -429,6 +434,15 @@ def _head(s3_client, bucket: str, key: str) -> dict[str, Any] | None:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure of S3 or of the network on the way (worth retrying the chunk), not of the object."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code")
+        return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout")
+    return isinstance(exc, S3ConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError)
 
 
 def _fetch_error(exc: Exception) -> str:

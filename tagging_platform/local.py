@@ -22,9 +22,22 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 2
+    # One run per batch at a time: a manifest changed while its run is in progress queues its new run behind
+    # it, so the older version's run completes on what it read and the newest version's run lands last.
+    tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
+# A run that failed around its steps' own retries is retried from the failure, e.g. when Dagster's storage
+# dropped the connection that recorded a step's end (the step then counts as failed): the retry skips every
+# chunk already written. A rejected manifest marks its run as not worth retrying (assets/intake.py).
+run_retries:
+  enabled: true
+  max_retries: 2
 """
 
 _POSTGRES_YAML = """\

@@ -129,6 +129,8 @@ def test_a_manifest_outside_the_allowed_buckets_is_rejected_before_any_tagging(r
     rejected = s3.get_object(Bucket=settings.output_bucket, Key=f"{settings.output_prefix}{partition}/_REJECTED.json")
     assert "outside" in json.loads(rejected["Body"].read())["error"]
     assert not any(e.step_key and "tag_chunk" in e.step_key for e in result.all_events)
+    # Run retries (the local instance retries failed runs) would only reject it again.
+    assert registered_instance.get_run_by_id(result.run_id).tags["dagster/retry_on_asset_or_op_failure"] == "false"
 
 
 def test_a_manifest_names_its_model_and_its_tags_say_so(registered_instance, s3, settings, photographs, upload_images):

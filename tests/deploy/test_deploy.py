@@ -321,3 +321,14 @@ def test_the_s3_manifest_notification_sends_only_new_manifests_to_the_queue():
     daemon = grants("daemon")
     assert {("sqs:ReceiveMessage", queue["QueueArn"]), ("sqs:DeleteMessage", queue["QueueArn"])} <= daemon
     assert Path(DEPLOY / "manifest-queues.md").exists()
+
+
+def test_production_runs_one_run_per_batch_and_retries_a_failed_run_as_the_fault_tests_do():
+    from tagging_platform.local import _INSTANCE_YAML
+
+    values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
+    daemon = values["dagsterDaemon"]
+    local = yaml.safe_load(_INSTANCE_YAML)
+    queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queued["tagConcurrencyLimits"] == local["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert daemon["runRetries"] == {"enabled": True, "maxRetries": local["run_retries"]["max_retries"]}

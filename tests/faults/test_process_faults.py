@@ -1,0 +1,130 @@
+"""Processes dying under a running batch: a tag_chunk step killed mid-chunk, the daemon and the webserver
+restarted, PostgreSQL (Dagster's storage) dropping every connection."""
+
+import os
+import signal
+import time
+import uuid
+
+import dagster as dg
+import pytest
+
+from tests.faults.conftest import (
+    MarkerWatcher,
+    assert_every_image_once,
+    image_key_matcher,
+    submit_watched,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
+
+def test_a_tag_chunk_process_killed_mid_chunk_is_retried_without_duplicates(
+    platform, manifest_photographs, fault_results
+):
+    uris = platform.upload_images(manifest_photographs)
+    partition = f"killed-{uuid.uuid4().hex[:6]}"
+    # The second chunk's step is parked on its first image: model loaded, chunk started, nothing written.
+    reached, release = platform.proxy.hold(image_key_matcher(uris[2:3]))
+    with MarkerWatcher(platform, partition, {}) as watcher:
+        submit_watched(platform, partition, uris, watcher)
+        wait_for(reached.is_set, 420, "the second chunk to fetch its first image")
+        run_id, step_key, pid = platform.wait_for_step(partition, "image_tags.tag_chunk[chunk_00001]")
+        os.kill(pid, signal.SIGKILL)
+        release.set()
+        runs = platform.wait_for_finished_runs(partition)
+    retried = [e.step_key for e in platform.step_events(run_id, "STEP_UP_FOR_RETRY")]
+    assert_every_image_once(
+        platform, fault_results, "tag_chunk_process_killed", partition, uris, watcher, runs,
+        killed_step=step_key, steps_retried=retried,
+    )
+    # The crash was seen as the step's failure and its retry policy ran it again, in the same run.
+    assert retried == [step_key]
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+
+
+def test_daemon_and_webserver_restarted_mid_run_lose_no_run_and_repeat_no_manifest(
+    platform, manifest_photographs, fault_results
+):
+    runs_before = {r.run_id for r in platform.instance.get_runs()}
+    first_uris = platform.upload_images(manifest_photographs)
+    second_uris = platform.upload_images(manifest_photographs)
+    first, second = f"restart-a-{uuid.uuid4().hex[:6]}", f"restart-b-{uuid.uuid4().hex[:6]}"
+    reached, release = platform.proxy.hold(image_key_matcher(first_uris[2:3]))
+    with MarkerWatcher(platform, first, {}) as watcher, MarkerWatcher(platform, second, {}) as second_watcher:
+        submit_watched(platform, first, first_uris, watcher)
+        wait_for(reached.is_set, 420, "the first batch's run to be tagging")
+        platform.stop_process("daemon")
+        # While the daemon is away a second manifest arrives; nothing can notice it yet.
+        submit_watched(platform, second, second_uris, second_watcher)
+        platform.stop_process("webserver")
+        platform.start_webserver()
+        release.set()
+        platform.start_daemon()
+        first_runs = platform.wait_for_finished_runs(first)
+        second_runs = platform.wait_for_finished_runs(second)
+        # Two more sensor ticks after both runs: a repeated manifest would have started a run by now.
+        since = time.time()
+        wait_for(lambda: platform.manifest_sensor_ticks_since(since) >= 2, 120, "two more manifest sensor ticks")
+    details = {"daemon_restarted": True, "webserver_restarted": True}
+    assert_every_image_once(platform, fault_results, "daemon_restarted_mid_run", first, first_uris, watcher, first_runs, **details)
+    assert_every_image_once(
+        platform, fault_results, "manifest_arriving_while_daemon_down", second, second_uris, second_watcher, second_runs,
+        **details,
+    )
+    assert [r.status for r in first_runs] == [dg.DagsterRunStatus.SUCCESS]
+    assert [r.status for r in second_runs] == [dg.DagsterRunStatus.SUCCESS]
+    # The restarted webserver shows both runs.
+    shown = {r["runId"] for r in platform.dagster.runs(job="tag_manifest")}
+    assert {first_runs[0].run_id, second_runs[0].run_id} <= shown
+    # The sensor's cursor neither skipped a manifest (both ran) nor repeated one: the only new tag_manifest
+    # runs are these two, so no earlier batch was started again.
+    new = [r for r in platform.instance.get_runs() if r.run_id not in runs_before and r.job_name == "tag_manifest"]
+    assert sorted(r.tags["dagster/partition"] for r in new) == sorted([first, second])
+
+
+def test_postgresql_dropping_every_connection_mid_run_loses_nothing(
+    platform, manifest_photographs, fault_results, fault_database
+):
+    import psycopg2
+
+    database, _ = fault_database
+    uris = platform.upload_images(manifest_photographs)
+    partition = f"pg-drop-{uuid.uuid4().hex[:6]}"
+    reached, release = platform.proxy.hold(image_key_matcher(uris[2:3]))
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    terminated = 0
+    try:
+        with MarkerWatcher(platform, partition, {}) as watcher:
+            submit_watched(platform, partition, uris, watcher)
+            wait_for(reached.is_set, 420, "the second chunk to fetch its first image")
+            release.set()
+            # For ten seconds every connection to Dagster's database is cut as soon as it is seen: the
+            # run worker's, the steps', the daemon's and the webserver's event and run writes.
+            until = time.monotonic() + 10
+            while time.monotonic() < until:
+                cursor = admin.cursor()
+                cursor.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (database,),
+                )
+                terminated += cursor.fetchone()[0]
+                time.sleep(0.05)
+            runs = platform.wait_for_success(partition)
+    finally:
+        admin.close()
+    assert terminated > 0, "no connection to terminate: the fault was not injected"
+    failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+    retried_from = {r.tags.get("dagster/parent_run_id") for r in runs}
+    assert_every_image_once(
+        platform, fault_results, "postgresql_connections_dropped", partition, uris, watcher, runs,
+        connections_terminated=terminated,
+        recovered_by="the instance's automatic run retry, from the failure" if failed else "retries inside the run",
+    )
+    # A run that lost its storage mid-write fails clearly (a step's end could not be recorded) and the daemon
+    # retries it from the failure; exactly one run succeeds and no failed run is left without its retry.
+    assert [r.status for r in runs].count(dg.DagsterRunStatus.SUCCESS) == 1
+    assert all(r.run_id in retried_from for r in failed)
