@@ -73,3 +73,49 @@ def test_the_command_prints_the_key_once(embedded_s3, settings, store):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert again.returncode == 2 and "--rotate" in again.stderr
+
+
+def test_no_key_reaches_the_logs_whatever_the_request(api_settings, model_ref, keys, photographs):
+    """The API's and uvicorn's logs at DEBUG (access log included) over good, wrong and misplaced keys."""
+    import logging
+
+    import requests
+
+    from tagging_platform.api.app import create_app
+    from tests.tagging_platform.api.conftest import ApiServer
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.access", "uvicorn.error", "tagging_platform")]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    key = keys["acme"]
+    wrong = key[:-4] + "ABCD"
+    try:
+        server = ApiServer(create_app(api_settings))
+        server.server.config.log_level = "debug"
+        with server:
+            def call(method, path, **kwargs):
+                return requests.request(method, server.url + path, timeout=120, **kwargs).status_code
+
+            assert call("GET", "/v1/batches", headers={"Authorization": f"Bearer {key}"}) == 200
+            assert call("GET", "/v1/batches", headers={"Authorization": f"Bearer {wrong}"}) == 401
+            assert call("GET", "/v1/batches", headers={"Authorization": key}) == 401  # no "Bearer"
+            assert call("GET", "/v1/batches/no-such-batch", headers={"Authorization": f"Bearer {key}"}) == 404
+            assert call("POST", "/v1/batches", headers={"Authorization": f"Bearer {key}"}, json={"images": "nope"}) == 422
+            image = next(iter(photographs.values()))
+            assert call("POST", "/v1/tag", headers={"Authorization": f"Bearer {key}"}, files={"image": ("a.jpg", image)}) == 200
+    finally:
+        for lg, level in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+    text = "\n".join(lines)
+    assert "GET /v1/batches" in text and "401" in text  # the access log was on and captured
+    assert key not in text and wrong not in text and key.rsplit("_", 1)[-1] not in text
