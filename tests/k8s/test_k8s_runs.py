@@ -63,8 +63,10 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
     assert chunks >= 4  # more chunks than the GPU node's 2 GPUs: some wait
     suffix = uuid.uuid4().hex[:6]
     k8s_partition, local_partition = f"k8s-{suffix}", f"local-{suffix}"
-    record_manifest(s3, settings, k8s_partition, {"images": uris})
-    record_manifest(s3, settings, local_partition, {"images": uris})
+    # Without reuse: earlier tests tagged these photographs, and a chunk served from the reuse index would be
+    # over before it could be killed.
+    record_manifest(s3, settings, k8s_partition, {"images": uris, "reuse": False})
+    record_manifest(s3, settings, local_partition, {"images": uris, "reuse": False})
 
     k8s = k8s_dagster()
     assert definitions.resolve_job_def("publish_model").execute_in_process(instance=k8s.instance).success
@@ -173,7 +175,7 @@ def test_a_step_pod_that_cannot_be_scheduled_fails_the_run_with_the_schedulers_r
     core, batch, _ = k8s_api
     uris = upload_images(dict(list(photographs.items())[:2]))
     partition = f"unschedulable-{uuid.uuid4().hex[:6]}"
-    record_manifest(s3, settings, partition, {"images": uris})
+    record_manifest(s3, settings, partition, {"images": uris, "reuse": False})
     k8s = k8s_dagster(TP_STEP_UNSCHEDULABLE_TIMEOUT_S="15", TP_MAX_CHUNK_IMAGES="2")
     assert definitions.resolve_job_def("publish_model").execute_in_process(instance=k8s.instance).success
     k8s.instance.add_dynamic_partitions("manifests", [partition])
@@ -204,7 +206,7 @@ def test_a_cpu_only_model_gets_cpu_pods_without_a_gpu_request(k8s_dagster, k8s_a
     core, batch, _ = k8s_api
     uris = upload_images(dict(list(photographs.items())[:4]))
     partition = f"cpu-model-{uuid.uuid4().hex[:6]}"
-    record_manifest(s3, settings, partition, {"images": uris, "model": "efficientnet_lite0"})
+    record_manifest(s3, settings, partition, {"images": uris, "model": "efficientnet_lite0", "reuse": False})
     k8s = k8s_dagster()
     assert definitions.resolve_job_def("publish_model").execute_in_process(instance=k8s.instance).success
     k8s.instance.add_dynamic_partitions("manifests", [partition])
