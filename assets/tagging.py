@@ -10,7 +10,7 @@ from resources.settings import PlatformSettings
 from resources.tagger import TaggerResource
 from tagging_platform import engine, metrics, reuse, tags
 from tagging_platform.models import ModelRef
-from tagging_platform.planning import plan_chunks as plan
+from tagging_platform.planning import plan_for
 
 # On Kubernetes each tag_chunk step is a pod on the GPU pool; other executors ignore these tags.
 GPU_STEP_TAGS = {
@@ -31,15 +31,7 @@ def plan_chunks(
     """Split the manifest into chunks sized by the cost model (pod start-up against per-image time)."""
     settings = platform.settings
     model = ModelRef(**(manifest.attrs["model"] or tagger_model))
-    chunking = plan(
-        len(manifest),
-        ms_per_image=settings.ms_per_image,
-        startup_s=settings.startup_s,
-        max_gpus=settings.max_gpus,
-        deadline_min=settings.deadline_min,
-        min_chunk_images=settings.min_chunk_images,
-        max_chunk_images=settings.max_chunk_images,
-    )
+    chunking = plan_for(settings, len(manifest))
     context.log.info(f"plan: {chunking.describe()}; model {model.name} {model.version}")
     for spec in engine.chunk_specs(
         context.partition_key,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from tagging_platform.settings import Settings
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -79,6 +81,20 @@ def plan_chunks(
         startup_share=chunks * startup_s / gpu_s if gpu_s else 0.0,
         meets_deadline=wall_s <= deadline_s,
         cost_usd=gpu_s / 3600 * gpu_hour_usd if gpu_hour_usd is not None else None,
+    )
+
+
+def plan_for(settings: Settings, images: int) -> Plan:
+    """The plan for a batch of `images` under the platform's settings: what plan_chunks sizes and retag costs."""
+    return plan_chunks(
+        images,
+        ms_per_image=settings.ms_per_image,
+        startup_s=settings.startup_s,
+        max_gpus=settings.max_gpus,
+        deadline_min=settings.deadline_min,
+        min_chunk_images=settings.min_chunk_images,
+        max_chunk_images=settings.max_chunk_images,
+        gpu_hour_usd=settings.gpu_hour_usd,
     )
 
 

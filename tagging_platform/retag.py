@@ -53,22 +53,8 @@ def stale_batches(
     for (partition, version), images in sorted(counts.items()):
         if version == target.version or (wanted and not version.startswith(wanted)):
             continue
-        batches.append(StaleBatch(partition, version, images, _plan(settings, images)))
+        batches.append(StaleBatch(partition, version, images, planning.plan_for(settings, images)))
     return batches
-
-
-def _plan(settings: Settings, images: int) -> planning.Plan:
-    """The planner's figures for one batch, as plan_chunks will size it when the batch runs again."""
-    return planning.plan_chunks(
-        images,
-        ms_per_image=settings.ms_per_image,
-        startup_s=settings.startup_s,
-        max_gpus=settings.max_gpus,
-        deadline_min=settings.deadline_min,
-        min_chunk_images=settings.min_chunk_images,
-        max_chunk_images=settings.max_chunk_images,
-        gpu_hour_usd=settings.gpu_hour_usd,
-    )
 
 
 def describe(batches: list[StaleBatch], target: ModelRef, stale_in_dagster: dict[str, str] | None = None) -> str:
