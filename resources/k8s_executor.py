@@ -80,7 +80,10 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
         if step_handler_context.get_step_context(step_key).step.op_name != "tag_chunk":
             return context
         partition = step_handler_context.dagster_run.tags.get("dagster/partition")
-        profile = manifest_profile(step_handler_context.instance, partition) if partition else {}
+        if partition not in self._profiles:
+            # Once per batch: this runs again on every health check of every chunk's step.
+            self._profiles[partition] = manifest_profile(step_handler_context.instance, partition) if partition else {}
+        profile = self._profiles[partition]
         if profile.get("accelerator") != "cpu":
             return context
         return context._replace(run_k8s_config=sized_for_cpu(context.run_k8s_config, profile["memory"]))
@@ -150,4 +153,5 @@ def k8s_step_executor(init_context: InitExecutorContext):
     handler = base._step_handler  # noqa: SLF001
     handler.__class__ = SchedulingAwareK8sStepHandler
     handler.unschedulable_timeout_s = float(timeout)
+    handler._profiles = {}  # noqa: SLF001 - partition -> the manifest's resource profile
     return base

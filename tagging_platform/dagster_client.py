@@ -118,25 +118,14 @@ class DagsterClient:
             time.sleep(1)
 
     def runs(self, job: str | None = None, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        run_filter: dict[str, Any] = {}
-        if job:
-            run_filter["pipelineName"] = job
-        if tags:
-            run_filter["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
-        result = self.query(_RUNS, {"filter": run_filter})["runsOrError"]
-        if result["__typename"] != "Runs":
-            raise DagsterError(result.get("message", result["__typename"]))
-        return result["results"]
+        result = self.query(_RUNS, {"filter": _run_filter(job, tags)})["runsOrError"]
+        return _expect(result, "Runs")["results"]
 
     def latest_run(self, job: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The newest run of `job` with these tags (one row fetched, however many runs there are), or None."""
-        run_filter: dict[str, Any] = {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
-        if job:
-            run_filter["pipelineName"] = job
-        result = self.query(_LATEST_RUN, {"filter": run_filter})["runsOrError"]
-        if result["__typename"] != "Runs":
-            raise DagsterError(result.get("message", result["__typename"]))
-        return result["results"][0] if result["results"] else None
+        result = self.query(_LATEST_RUN, {"filter": _run_filter(job, tags)})["runsOrError"]
+        results = _expect(result, "Runs")["results"]
+        return results[0] if results else None
 
     def data_version(self, asset: str) -> str | None:
         """The data version of an unpartitioned asset's latest materialization."""
@@ -154,32 +143,24 @@ class DagsterClient:
             "assetSelection": [{"path": [asset]} for asset in assets],
             "partitionNames": partitions,
             "title": title,
-            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+            "tags": _tag_list(tags),
         }
         result = self.query(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-        if result["__typename"] != "LaunchBackfillSuccess":
-            raise DagsterError(f"{result['__typename']}: {result.get('message', '')}")
-        return result["backfillId"]
+        return _expect(result, "LaunchBackfillSuccess")["backfillId"]
 
     def backfill_status(self, backfill_id: str) -> str:
         result = self.query(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
-        if result["__typename"] != "PartitionBackfill":
-            raise DagsterError(result.get("message", result["__typename"]))
-        return result["status"]
+        return _expect(result, "PartitionBackfill")["status"]
 
     def _asset_node(self, query: str, asset: str, **variables: Any) -> dict[str, Any]:
         result = self.query(query, {"key": {"path": [asset]}, **variables})["assetNodeOrError"]
-        if result["__typename"] != "AssetNode":
-            raise DagsterError(result.get("message", result["__typename"]))
-        return result
+        return _expect(result, "AssetNode")
 
     def run_events(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The run's asset check evaluations and step failures."""
         checks, failures, cursor = [], [], None
         while True:
-            result = self.query(_CHECKS, {"runId": run_id, "after": cursor})["logsForRun"]
-            if result["__typename"] != "EventConnection":
-                raise DagsterError(result.get("message", result["__typename"]))
+            result = _expect(self.query(_CHECKS, {"runId": run_id, "after": cursor})["logsForRun"], "EventConnection")
             for event in result["events"]:
                 if event["__typename"] == "AssetCheckEvaluationEvent":
                     checks.append(event["evaluation"])
@@ -188,3 +169,18 @@ class DagsterClient:
             cursor = result["cursor"]
             if not result["hasMore"]:
                 return checks, failures
+
+
+def _expect(result: dict[str, Any], typename: str) -> dict[str, Any]:
+    """A GraphQL union's member, or the DagsterError its error member (or unexpected type) stands for."""
+    if result["__typename"] != typename:
+        raise DagsterError(result.get("message", result["__typename"]))
+    return result
+
+
+def _tag_list(tags: dict[str, str] | None) -> list[dict[str, str]]:
+    return [{"key": k, "value": v} for k, v in (tags or {}).items()]
+
+
+def _run_filter(job: str | None, tags: dict[str, str] | None) -> dict[str, Any]:
+    return {**({"tags": _tag_list(tags)} if tags else {}), **({"pipelineName": job} if job else {})}

@@ -303,6 +303,12 @@ def is_registered(s3_client, bucket: str, card: ModelCard) -> bool:
     return True
 
 
+def read_profile(s3_client, ref: ModelRef) -> ResourceProfile:
+    """Where a model runs, from its card alone (not its labels)."""
+    card = json.loads(_get(s3_client, ref.bucket, ref.card_key))
+    return ResourceProfile.from_dict(card["profile"]) if "profile" in card else ResourceProfile()
+
+
 def read_card(s3_client, ref: ModelRef) -> ModelCard:
     card = json.loads(_get(s3_client, ref.bucket, ref.card_key))
     labels = json.loads(_get(s3_client, ref.bucket, card["labels_key"]))
