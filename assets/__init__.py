@@ -6,9 +6,7 @@ from assets.model import tagger_model
 from assets.partitions import manifests_partitions
 from assets.publishing import published_tags
 from assets.quality import (
-    error_rate,
-    every_image_accounted_for,
-    low_confidence_share,
+    image_tags_checks,
     tag_distribution_drift,
     tag_quality_history,
     tag_quality_metrics,
@@ -16,6 +14,6 @@ from assets.quality import (
 from assets.tagging import image_tags
 
 all_assets = [tagger_model, manifest, image_tags, published_tags, tag_quality_metrics, tag_quality_history]
-all_checks = [every_image_accounted_for, error_rate, low_confidence_share, tag_distribution_drift, canary_predictions_match]
+all_checks = [image_tags_checks, tag_distribution_drift, canary_predictions_match]
 
 __all__ = ["all_assets", "all_checks", "manifests_partitions"]

@@ -118,42 +118,41 @@ def _image(png: bytes) -> str:
     return f"![chart](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-@dg.asset_check(
-    asset=image_tags,
-    blocking=True,
-    partitions_def=manifests_partitions,
-    additional_ins={"manifest": dg.AssetIn("manifest")},
-    description="Every manifest image is in the table exactly once, tagged or errored; nothing else is.",
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            "every_image_accounted_for",
+            asset=image_tags,
+            blocking=True,
+            partitions_def=manifests_partitions,
+            additional_deps=["manifest"],
+            description="Every manifest image is in the table exactly once, tagged or errored; nothing else is.",
+        ),
+        dg.AssetCheckSpec(
+            "error_rate",
+            asset=image_tags,
+            partitions_def=manifests_partitions,
+            description="The share of images that could not be tagged, against the WARN and ERROR thresholds.",
+        ),
+        dg.AssetCheckSpec(
+            "low_confidence_share",
+            asset=image_tags,
+            partitions_def=manifests_partitions,
+            description="The share of tagged images whose best tag is below the low-confidence threshold.",
+        ),
+    ],
+    ins={"image_tags": dg.AssetIn("image_tags"), "manifest": dg.AssetIn("manifest")},
 )
-def every_image_accounted_for(image_tags: pa.Table, manifest: pd.DataFrame) -> dg.AssetCheckResult:
-    counts = quality.accounting(image_tags, manifest["image_uri"].tolist())
-    problems = {k: counts[k] for k in ("missing", "duplicated", "unexpected") if counts[k]}
-    return dg.AssetCheckResult(
-        passed=not problems and counts["tagged"] + counts["errored"] == counts["expected"],
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "expected": counts["expected"],
-            "tagged": counts["tagged"],
-            "errored": counts["errored"],
-            **{k: dg.MetadataValue.json(v[:20]) for k, v in problems.items()},
-            **{f"{k}_count": len(v) for k, v in problems.items()},
-        },
-    )
-
-
-@dg.asset_check(
-    asset=image_tags,
-    partitions_def=manifests_partitions,
-    description="The share of images that could not be tagged, against the WARN and ERROR thresholds.",
-)
-def error_rate(image_tags: pa.Table, platform: PlatformSettings) -> dg.AssetCheckResult:
+def image_tags_checks(image_tags: pa.Table, manifest: pd.DataFrame, platform: PlatformSettings):
+    """The three checks in one step: each reads the same table, and on Kubernetes each step is a pod."""
     settings = platform.settings
+    yield _accounted_for(image_tags, manifest)
     metrics = quality.tag_metrics(image_tags, low_confidence=settings.low_confidence)
     rate = metrics["error_rate"]
-    severity = dg.AssetCheckSeverity.ERROR if rate > settings.error_rate_error else dg.AssetCheckSeverity.WARN
-    return dg.AssetCheckResult(
+    yield dg.AssetCheckResult(
+        check_name="error_rate",
         passed=rate <= settings.error_rate_warn,
-        severity=severity,
+        severity=dg.AssetCheckSeverity.ERROR if rate > settings.error_rate_error else dg.AssetCheckSeverity.WARN,
         metadata={
             "error_rate": dg.MetadataValue.float(rate),
             "errors": metrics["errors"],
@@ -162,23 +161,31 @@ def error_rate(image_tags: pa.Table, platform: PlatformSettings) -> dg.AssetChec
             "reasons": dg.MetadataValue.json(metrics["error_reasons"]),
         },
     )
-
-
-@dg.asset_check(
-    asset=image_tags,
-    partitions_def=manifests_partitions,
-    description="The share of tagged images whose best tag is below the low-confidence threshold.",
-)
-def low_confidence_share(image_tags: pa.Table, platform: PlatformSettings) -> dg.AssetCheckResult:
-    settings = platform.settings
-    metrics = quality.tag_metrics(image_tags, low_confidence=settings.low_confidence)
     share = metrics["low_confidence_share"]
-    return dg.AssetCheckResult(
+    yield dg.AssetCheckResult(
+        check_name="low_confidence_share",
         passed=share <= settings.low_confidence_share_warn,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "low_confidence_share": dg.MetadataValue.float(share),
             "threshold": settings.low_confidence,
             "warn_above": settings.low_confidence_share_warn,
+        },
+    )
+
+
+def _accounted_for(image_tags: pa.Table, manifest: pd.DataFrame) -> dg.AssetCheckResult:
+    counts = quality.accounting(image_tags, manifest["image_uri"].tolist())
+    problems = {k: counts[k] for k in ("missing", "duplicated", "unexpected") if counts[k]}
+    return dg.AssetCheckResult(
+        check_name="every_image_accounted_for",
+        passed=not problems and counts["tagged"] + counts["errored"] == counts["expected"],
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "expected": counts["expected"],
+            "tagged": counts["tagged"],
+            "errored": counts["errored"],
+            **{k: dg.MetadataValue.json(v[:20]) for k, v in problems.items()},
+            **{f"{k}_count": len(v) for k, v in problems.items()},
         },
     )

@@ -22,6 +22,8 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 2
+    # A queued run starts within a second, not the default five: most local batches take under a minute.
+    dequeue_interval_seconds: 1
     # One run per batch at a time: a manifest changed while its run is in progress queues its new run behind
     # it, so the older version's run completes on what it read and the newest version's run lands last.
     tag_concurrency_limits:

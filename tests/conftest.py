@@ -126,6 +126,25 @@ def read_published(s3, bucket: str, prefix: str) -> tuple[dict, list[dict]]:
     return marker, objects
 
 
+@pytest.fixture
+def step_environment(monkeypatch):
+    """Sets environment variables for the step processes of the runs this test executes in its own process.
+
+    Local steps fork from a server started with the first run (definitions.py, forkserver): they see the
+    environment of that moment. A run worker is one process per run, so a run's steps always agree with it;
+    a test process runs many jobs, so the server is restarted for the variables this test sets.
+    """
+    import multiprocessing.forkserver
+
+    def set_for_steps(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        multiprocessing.forkserver._forkserver._stop()
+
+    yield set_for_steps
+    multiprocessing.forkserver._forkserver._stop()
+
+
 @pytest.fixture(scope="session")
 def pushgateway() -> str:
     """A Prometheus Pushgateway (Debian's) on a free loopback port."""

@@ -53,10 +53,10 @@ def _pushed(gateway: str) -> dict[str, float]:
 
 
 def test_the_canary_passes_on_the_real_model_and_says_so_to_prometheus(
-    registered_instance, definitions, s3, settings, pushgateway, monkeypatch
+    registered_instance, definitions, s3, settings, pushgateway, step_environment
 ):
     instance = registered_instance
-    monkeypatch.setenv("TP_METRICS_PUSHGATEWAY", pushgateway)  # read by the step processes
+    step_environment(TP_METRICS_PUSHGATEWAY=pushgateway)
     tags = _canary_run_tags(definitions, instance)
     started = time.time()
 

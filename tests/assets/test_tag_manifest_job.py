@@ -39,11 +39,11 @@ def _published(s3, settings, partition):
 
 
 def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
-    registered_instance, s3, settings, batch, pushgateway, monkeypatch
+    registered_instance, s3, settings, batch, pushgateway, step_environment
 ):
     partition, uris = batch
     instance = registered_instance
-    monkeypatch.setenv("TP_METRICS_PUSHGATEWAY", pushgateway)  # read by the step processes
+    step_environment(TP_METRICS_PUSHGATEWAY=pushgateway)
     instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
