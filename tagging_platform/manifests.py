@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
 import json
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 NATIVE_FIELDS = ("images", "model", "output", "id", "reuse")
 MAX_ID_CHARS = 200
 MAX_PARTITION_NAME = 80
 
 _GZIP_MAGIC = b"\x1f\x8b"
-# Decompressing in pieces bounds the memory a gzip bomb can claim to max_bytes plus one piece.
-_GUNZIP_PIECE = 1 << 24
+_BOM = codecs.BOM_UTF8
+# Reading in pieces bounds the memory a gzip bomb can claim to max_bytes plus one piece, and what a
+# JSON Lines manifest holds besides its image column to about one piece of text.
+_PIECE = 1 << 22
+# Images validated and added to the Arrow column at a time, from a manifest parsed whole.
+_BATCH = 1 << 16
 # Error messages echo customer data; a multi-megabyte "URI" must not become a multi-megabyte message.
 _SHOWN_CHARS = 200
 
@@ -35,6 +45,7 @@ _IMAGE_URI = re.compile(rf"s3://{_BUCKET}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}
 _BAD_KEY_CHAR = re.compile(rf"[{_BAD_KEY_CHARS}]")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?=/|\Z)")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_SPACE_BYTES = re.compile(rb"[ \t\n\r]*")
 _DECODER = json.JSONDecoder(parse_constant=lambda name: _no_constant(name))
 # S3 keys are at most 1024 bytes of UTF-8; a URI this short cannot hold a longer key, so only longer
 # URIs pay for encoding theirs.
@@ -58,25 +69,35 @@ class Manifest:
 
     source: str
     format: str
-    images: tuple[str, ...]
+    # One Arrow column rather than a tuple of str: ten million Python strings would take about 1 GB.
+    image_uris: pa.ChunkedArray
     model: str | None
     output: str | None
     id: str | None
     # Whether images already tagged by the same model version (same ETag) take their earlier tags.
     reuse: bool = True
 
+    @property
+    def images(self) -> tuple[str, ...]:
+        """The image URIs as Python strings, made on each call: for a large manifest, use table()."""
+        return tuple(self.image_uris.to_pylist())
+
     def table(self) -> pd.DataFrame:
         """One row per image: image_uri and its 0-based position in the manifest."""
         return pd.DataFrame(
             {
-                "image_uri": pd.Series(self.images, dtype=str),
-                "position": pd.Series(range(len(self.images)), dtype="int64"),
+                "image_uri": self.image_uris.to_pandas(types_mapper={pa.large_string(): _URI_DTYPE}.get),
+                "position": pd.Series(range(len(self.image_uris)), dtype="int64"),
             }
         )
 
 
+# pandas' own str dtype, whose Arrow type is large_string: the column becomes the table's without a copy.
+_URI_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
 def parse_manifest(
-    data: bytes,
+    data: bytes | BinaryIO,
     source: str,
     *,
     allowed_image_prefixes: Sequence[str],
@@ -84,7 +105,11 @@ def parse_manifest(
     max_images: int = 10_000_000,
     max_bytes: int = 2_000_000_000,
 ) -> Manifest:
-    """Read a manifest in any accepted format (gzipped or not); raise ManifestError for anything unacceptable."""
+    """Read a manifest in any accepted format (gzipped or not); raise ManifestError for anything unacceptable.
+
+    `data` is the manifest's bytes or a binary stream (a file, an S3 response body): JSON Lines is
+    read from a stream a piece at a time, so that memory follows the image column, not the file.
+    """
     rules = _Rules(
         _allowed(allowed_image_prefixes),
         allowed_image_prefixes,
@@ -92,7 +117,16 @@ def parse_manifest(
         allowed_output_prefixes,
         max_images,
     )
-    text = _text(data, max_bytes)
+    content = _Content(data, max_bytes)
+    pieces = content.pieces()
+    first = next(pieces, b"")
+    # A byte-order mark is dropped as utf-8-sig drops it, and offsets in messages count from after it.
+    head = first[len(_BOM) :] if first.startswith(_BOM) else first
+    if _starts_as_jsonl(head):
+        return _jsonl(_text_pieces(head, pieces), source, rules)
+    del head
+    text = _text(content.whole if content.whole is not None else _joined(first, pieces))
+    del first
     start = _JSON_SPACE.match(text).end()
     if start == len(text):
         raise ManifestError("the manifest is empty: it lists no images")
@@ -107,12 +141,15 @@ def parse_manifest(
         # own message, which says at which line and column the document breaks.
         if not (text.startswith("{", start) and _first_line_is_jsonl(text, start)):
             raise ManifestError(f"not valid JSON: {exc}") from None
-        return _jsonl(text, source, rules)
+        return _jsonl([text], source, rules)
+    first_line = text.count("\n", 0, start) + 1
+    # The parsed value holds its own copy of every string; the text is not needed any more.
+    del text
     if isinstance(whole, dict):
         if "source-ref" in whole and "images" not in whole:
-            line = text.count("\n", 0, start) + 1
-            images = rules.images([whole["source-ref"]], "line", lambda: [line])
-            return Manifest(source, "jsonl", images, None, None, None)
+            column = _ImageColumn(rules, "line", lambda index: first_line)
+            column.add([whole["source-ref"]])
+            return Manifest(source, "jsonl", column.finish(), None, None, None)
         return _native(whole, source, rules)
     if isinstance(whole, list):
         return _sagemaker(whole, source, rules)
@@ -168,17 +205,11 @@ class _Rules:
     def too_many(self) -> ManifestError:
         return ManifestError(f"the manifest lists more than {self.max_images} images, the most this deployment accepts")
 
-    def images(
-        self, uris: list, unit: str = "entry", numbers: Callable[[], Sequence[int]] | None = None
-    ) -> tuple[str, ...]:
-        """Check every image URI; `numbers` gives each image's entry or line number, for messages only."""
-        if not uris:
-            raise ManifestError("the manifest lists no images")
-        if len(uris) > self.max_images:
-            raise self.too_many()
+    def check(self, uris: list, first: int, unit: str, number: Callable[[int], int]) -> None:
+        """Check image URIs, the `first`-th of the manifest onwards; `number` gives an image's entry or line number."""
         match, dot_segment, allowed = _IMAGE_URI.match, _DOT_SEGMENT.search, self.image_prefixes
         # One combined test per entry in a tight loop: this runs millions of times for a large manifest.
-        for index, uri in enumerate(uris):
+        for index, uri in enumerate(uris, first):
             if (
                 type(uri) is not str
                 or match(uri) is None
@@ -186,17 +217,7 @@ class _Rules:
                 or not uri.startswith(allowed, 5)
                 or (len(uri) > _SHORT_URI and _key_too_long(uri))
             ):
-                number = numbers()[index] if numbers else index + 1
-                raise ManifestError(f"{unit} {number}: {self._entry_problem(uri)}")
-        # A set answers "any repeats?" at C speed; the dict that finds where runs only when there are some.
-        if len(set(uris)) != len(uris):
-            first_seen: dict[str, int] = {}
-            for index, uri in enumerate(uris):
-                first = first_seen.setdefault(uri, index)
-                if first != index:
-                    number = numbers() if numbers else range(1, len(uris) + 1)
-                    raise ManifestError(f"{unit} {number[index]} repeats {unit} {number[first]}: {_show(uri)}")
-        return tuple(uris)
+                raise ManifestError(f"{unit} {number(index)}: {self._entry_problem(uri)}")
 
     def output(self, value: str) -> str:
         location = _location(value, 'field "output"')
@@ -228,11 +249,128 @@ def _allowed(prefixes: Sequence[str]) -> tuple[str, ...]:
     return tuple(p if "/" in p else p + "/" for p in prefixes)
 
 
-def _text(data: bytes, max_bytes: int) -> str:
-    if len(data) > max_bytes:
-        raise ManifestError(f"the manifest is larger than {max_bytes} bytes")
-    if data[:2] == _GZIP_MAGIC:
-        data = _gunzip(data, max_bytes)
+class _ImageColumn:
+    """Validated image URIs gathered a batch at a time into an Arrow column.
+
+    Repeats are found from a 64-bit hash per image, sorted, rather than a set of millions of Python
+    strings; only the images whose hashes collide are compared as strings.
+    """
+
+    def __init__(self, rules: _Rules, unit: str, number: Callable[[int], int] = lambda index: index + 1) -> None:
+        self.rules, self.unit, self.number = rules, unit, number
+        self.chunks: list[pa.Array] = []
+        self.hashes: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, uris: list) -> None:
+        self.rules.check(uris, self.count, self.unit, self.number)
+        self.hashes.append(np.fromiter(map(hash, uris), np.int64, len(uris)))
+        self.chunks.append(_string_array(uris))
+        self.count += len(uris)
+
+    def finish(self) -> pa.ChunkedArray:
+        if not self.count:
+            raise ManifestError("the manifest lists no images")
+        column = pa.chunked_array(self.chunks, pa.large_string())
+        hashes = np.concatenate(self.hashes)
+        self.chunks, self.hashes = [], []
+        hashes.sort()
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        del hashes
+        if len(repeated):
+            self._raise_first_repeat(column, repeated)
+        return column
+
+    def _raise_first_repeat(self, column: pa.ChunkedArray, repeated: np.ndarray) -> None:
+        """Name the first image that repeats an earlier one, if any; equal hashes alone may be a collision."""
+        first_seen: dict[str, int] = {}
+        start = 0
+        for chunk in column.chunks:
+            uris = chunk.to_pylist()
+            hashes = np.fromiter(map(hash, uris), np.int64, len(uris))
+            for offset in np.flatnonzero(np.isin(hashes, repeated)).tolist():
+                index = start + offset
+                first = first_seen.setdefault(uris[offset], index)
+                if first != index:
+                    unit = self.unit
+                    raise ManifestError(
+                        f"{unit} {self.number(index)} repeats {unit} {self.number(first)}: {_show(uris[offset])}"
+                    )
+            start += len(uris)
+
+
+def _string_array(uris: list[str]) -> pa.Array:
+    """An Arrow large_string array in buffers of exactly its size: pa.array's growing buffers keep their slack."""
+    joined = "".join(uris)
+    data = joined.encode("utf-8")
+    # For ASCII text, characters are bytes; otherwise each string's length in UTF-8 is needed.
+    lengths = map(len, uris) if joined.isascii() else (len(uri.encode("utf-8")) for uri in uris)
+    del joined
+    offsets = np.zeros(len(uris) + 1, np.int64)
+    np.cumsum(np.fromiter(lengths, np.int64, len(uris)), out=offsets[1:])
+    return pa.Array.from_buffers(pa.large_string(), len(uris), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+class _Content:
+    """A manifest's bytes as they are read: gunzipped when they are gzip, and never more than max_bytes."""
+
+    def __init__(self, data: bytes | BinaryIO, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        # The caller's bytes themselves when they need no gunzipping, so that reading them whole copies nothing.
+        self.whole: bytes | None = None
+        if isinstance(data, (bytes, bytearray)):
+            if len(data) > max_bytes:
+                raise ManifestError(f"the manifest is larger than {max_bytes} bytes")
+            stream = io.BytesIO(data)
+        else:
+            stream = data
+        magic = stream.read(len(_GZIP_MAGIC))
+        self.gzip = magic == _GZIP_MAGIC
+        stream = _Unread(magic, stream)
+        if self.gzip:
+            stream = gzip.GzipFile(fileobj=stream)
+        elif isinstance(data, (bytes, bytearray)):
+            self.whole = data
+        self.stream = stream
+
+    def pieces(self) -> Iterator[bytes]:
+        """The content in pieces of at most _PIECE bytes; a ManifestError when it is too large or broken gzip."""
+        read = 0
+        try:
+            while piece := self.stream.read(min(_PIECE, self.max_bytes + 1 - read)):
+                read += len(piece)
+                if read > self.max_bytes:
+                    if self.gzip:
+                        raise ManifestError(f"the manifest decompresses to more than {self.max_bytes} bytes")
+                    raise ManifestError(f"the manifest is larger than {self.max_bytes} bytes")
+                yield piece
+        except (OSError, EOFError, zlib.error) as exc:
+            if not self.gzip:
+                raise
+            raise ManifestError(f"the manifest is not valid gzip: {exc}") from None
+
+
+class _Unread:
+    """A stream with the bytes already read from it (to look for gzip's magic number) put back in front."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head, self.stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        head, self.head = self.head, b""
+        if size < 0:
+            return head + self.stream.read()
+        return head + self.stream.read(size - len(head)) if size > len(head) else head
+
+
+def _joined(first: bytes, pieces: Iterator[bytes]) -> bytearray:
+    whole = bytearray(first)
+    for piece in pieces:
+        whole += piece
+    return whole
+
+
+def _text(data: bytes | bytearray) -> str:
     try:
         # utf-8-sig: editors on Windows often start UTF-8 files with a byte-order mark.
         return data.decode("utf-8-sig")
@@ -240,17 +378,48 @@ def _text(data: bytes, max_bytes: int) -> str:
         raise ManifestError(f"the manifest is not UTF-8 text: invalid byte at offset {exc.start}") from None
 
 
-def _gunzip(data: bytes, max_bytes: int) -> bytearray:
-    out = bytearray()
+def _starts_as_jsonl(head: bytes) -> bool:
+    """Whether the content's first piece starts with a whole JSON Lines line; when unsure, it is read whole."""
+    start = _JSON_SPACE_BYTES.match(head).end()
+    end = head.find(b"\n", start)
+    if not head.startswith(b"{", start) or end < 0:
+        return False
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            while piece := stream.read(min(_GUNZIP_PIECE, max_bytes + 1 - len(out))):
-                out += piece
-                if len(out) > max_bytes:
-                    raise ManifestError(f"the manifest decompresses to more than {max_bytes} bytes")
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ManifestError(f"the manifest is not valid gzip: {exc}") from None
-    return out
+        obj = json.loads(head[start:end].decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return False
+    # One line with "images" as well is a native manifest when it is the whole file; the whole read decides.
+    return isinstance(obj, dict) and "source-ref" in obj and "images" not in obj
+
+
+def _text_pieces(first: bytes, pieces: Iterator[bytes]) -> Iterator[str]:
+    """The content as text, in pieces that end at a line's end (the last one may not).
+
+    A UTF-8 error is raised only once the rest has been read: a broken gzip stream later on is
+    reported first, as when the whole manifest was decompressed before it was decoded.
+    """
+    pending = bytearray(first)
+    offset = 0  # of pending in the content (after any byte-order mark)
+    for piece in pieces:
+        pending += piece
+        end = pending.rfind(b"\n") + 1
+        if end:
+            yield _decoded(pending, end, offset, pieces)
+            del pending[:end]
+            offset += end
+    if pending:
+        yield _decoded(pending, len(pending), offset, pieces)
+
+
+def _decoded(pending: bytearray, end: int, offset: int, rest: Iterator[bytes]) -> str:
+    with memoryview(pending) as view:
+        try:
+            return codecs.utf_8_decode(view[:end], "strict", True)[0]
+        except UnicodeDecodeError as exc:
+            error = ManifestError(f"the manifest is not UTF-8 text: invalid byte at offset {offset + exc.start}")
+    for _ in rest:
+        pass
+    raise error
 
 
 class _NotJson(ValueError):
@@ -300,7 +469,7 @@ def _native(obj: dict, source: str, rules: _Rules) -> Manifest:
         raise ManifestError('the manifest lists no images (it has no "images" field)')
     if not isinstance(uris, list):
         raise ManifestError(f'field "images": expected a list of s3:// URIs, got a JSON {_json_type(uris)}')
-    return Manifest(source, "native", rules.images(uris), model, output, manifest_id, reuse is not False)
+    return Manifest(source, "native", _column(uris, rules), model, output, manifest_id, reuse is not False)
 
 
 def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
@@ -310,17 +479,77 @@ def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
             'a JSON array manifest is a SageMaker manifest: its first element must be {"prefix": "s3://bucket/path/"}'
         )
     prefix = _location(head["prefix"], 'the "prefix" element')
-    keys = items[1:]
-    for number, key in enumerate(keys, 1):
+    for number, key in enumerate(items[1:], 1):
         if type(key) is not str:
             raise ManifestError(f"entry {number}: expected a key relative to the prefix, got a JSON {_json_type(key)}")
-    return Manifest(source, "sagemaker", rules.images([prefix + key for key in keys]), None, None, None)
+    keys = len(items) - 1
+    if keys > rules.max_images:
+        raise rules.too_many()
+    column = _ImageColumn(rules, "entry")
+    for start in range(1, keys + 1, _BATCH):
+        stop = min(start + _BATCH, keys + 1)
+        uris = [prefix + key for key in items[start:stop]]
+        # Each key is dropped as soon as its URI is made, so that keys and URIs are never all held at once.
+        items[start:stop] = [None] * (stop - start)
+        column.add(uris)
+    return Manifest(source, "sagemaker", column.finish(), None, None, None)
 
 
-def _jsonl(text: str, source: str, rules: _Rules) -> Manifest:
-    lines = text.split("\n")
-    refs = []
-    for number, line in enumerate(lines, 1):
+def _column(uris: list, rules: _Rules) -> pa.ChunkedArray:
+    if len(uris) > rules.max_images:
+        raise rules.too_many()
+    column = _ImageColumn(rules, "entry")
+    for start in range(0, len(uris), _BATCH):
+        batch = uris[start : start + _BATCH]
+        # Each string is dropped once it is in the column, so that the two are never both whole.
+        uris[start : start + _BATCH] = [None] * len(batch)
+        column.add(batch)
+    return column.finish()
+
+
+def _jsonl(pieces: Iterable[str], source: str, rules: _Rules) -> Manifest:
+    """JSON Lines from text in pieces that end at a line's end, each piece's images added to the column as it comes.
+
+    The first problem found does not end the reading: a broken gzip stream or invalid UTF-8 later in
+    the file, then a line that is not JSON, then a bad image, is the order in which a manifest read
+    whole reports them, and so is the order here.
+    """
+    blank_lines = _BlankLines()
+    column = _ImageColumn(rules, "line", blank_lines.line_of)
+    lines_read = 0
+    images = 0
+    unreadable: ManifestError | None = None
+    bad_image: ManifestError | None = None
+    for piece in pieces:
+        if unreadable:
+            continue
+        lines = piece.split("\n")
+        if piece.endswith("\n"):
+            lines.pop()
+        refs: list = []
+        try:
+            _read_lines(lines, lines_read, refs, images, blank_lines, rules)
+        except ManifestError as exc:
+            unreadable = exc
+            continue
+        lines_read += len(lines)
+        images += len(refs)
+        if not bad_image:
+            try:
+                column.add(refs)
+            except ManifestError as exc:
+                bad_image = exc
+    if unreadable or bad_image:
+        raise unreadable or bad_image
+    return Manifest(source, "jsonl", column.finish(), None, None, None)
+
+
+def _read_lines(
+    lines: list[str], lines_before: int, refs: list, images_before: int, blank_lines: _BlankLines, rules: _Rules
+) -> None:
+    """Append each line's "source-ref" to refs; raise ManifestError for a line that has none."""
+    room = rules.max_images - images_before
+    for number, line in enumerate(lines, lines_before + 1):
         # raw_decode skips json.loads's wrapping, which costs more than the parse of a short line;
         # anything it does not take cleanly (blank lines, leading whitespace, errors) goes the careful way.
         try:
@@ -330,6 +559,7 @@ def _jsonl(text: str, source: str, rules: _Rules) -> Manifest:
             clean = False
         if not clean:
             if not line or line.isspace():
+                blank_lines.skipped(images_before + len(refs))
                 continue
             obj = _load_line(line, number)
         if type(obj) is not dict:
@@ -340,10 +570,27 @@ def _jsonl(text: str, source: str, rules: _Rules) -> Manifest:
             raise ManifestError(f'line {number}: no "source-ref"')
         refs.append(obj["source-ref"])
         # Checked as the lines come, so that a huge file of tiny lines is refused before it fills memory.
-        if len(refs) > rules.max_images:
+        if len(refs) > room:
             raise rules.too_many()
-    images = rules.images(refs, "line", lambda: [n for n, each in enumerate(lines, 1) if each and not each.isspace()])
-    return Manifest(source, "jsonl", images, None, None, None)
+
+
+class _BlankLines:
+    """Where blank lines shift a JSON Lines manifest's images off line = position + 1, for messages only."""
+
+    def __init__(self) -> None:
+        self.before_image = array("q")  # the image each run of blank lines comes before, ascending
+        self.total = array("q")  # blank lines up to and including that run
+
+    def skipped(self, next_image: int) -> None:
+        if self.before_image and self.before_image[-1] == next_image:
+            self.total[-1] += 1
+        else:
+            self.before_image.append(next_image)
+            self.total.append((self.total[-1] if self.total else 0) + 1)
+
+    def line_of(self, index: int) -> int:
+        runs = bisect_right(self.before_image, index)
+        return index + 1 + (self.total[runs - 1] if runs else 0)
 
 
 def _load_line(line: str, number: int) -> object:

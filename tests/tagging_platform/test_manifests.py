@@ -1,6 +1,7 @@
 """Manifest parsing, validation and partition naming."""
 
 import gzip
+import io
 import json
 import re
 import tracemalloc
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tagging_platform import manifests
 from tagging_platform.manifests import (
     Manifest,
     ManifestError,
@@ -597,3 +599,73 @@ def test_partition_keys_are_safe_bounded_and_distinct(keys):
         assert not partition.startswith("-") and not partition.endswith("-")
         assert len(partition) <= 89
     assert len(set(partitions)) == len(keys)
+
+
+# Reading a stream a piece at a time
+
+
+def _stream_pieces_of(monkeypatch, size):
+    monkeypatch.setattr(manifests, "_PIECE", size)
+
+
+@pytest.mark.parametrize("fmt", sorted(SAME_IMAGES_IN_EACH_FORMAT))
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_stream_parses_like_the_same_bytes(fmt, compressed):
+    data = SAME_IMAGES_IN_EACH_FORMAT[fmt]
+    data = gzip.compress(data) if compressed else data
+    assert parse(io.BytesIO(data)) == parse(data)
+
+
+def test_jsonl_read_in_pieces_smaller_than_a_line_lists_the_same_images_and_lines(monkeypatch):
+    uris = [f"s3://images/{i:03d}/é.jpg" for i in range(300)]
+    data = b"\xef\xbb\xbf" + "\n".join(json.dumps({"source-ref": u}, ensure_ascii=False) for u in uris).encode() + b"\n"
+    whole = parse(data)
+    _stream_pieces_of(monkeypatch, 7)
+    assert parse(io.BytesIO(data)) == whole
+    assert parse(io.BytesIO(gzip.compress(data))) == whole
+    assert whole.images == tuple(uris)
+
+
+@pytest.mark.parametrize("piece", [8, 64, 1 << 22])
+def test_jsonl_problems_name_the_same_line_whatever_the_piece_size(monkeypatch, piece):
+    _stream_pieces_of(monkeypatch, piece)
+    ok = [json.dumps({"source-ref": f"s3://images/{i}.jpg"}).encode() for i in range(40)]
+    blank_then_repeat = b"\n".join([*ok, b"", b"  ", ok[3]])
+    assert rejection(io.BytesIO(blank_then_repeat)) == "line 43 repeats line 4: s3://images/3.jpg"
+    bad_line = b"\n".join([*ok[:30], b"{oops", *ok[30:]])
+    assert rejection(io.BytesIO(bad_line)).startswith("line 31: not valid JSON")
+    latin1 = b"\n".join([*ok, b'{"source-ref": "s3://images/\xe9.jpg"}'])
+    assert rejection(io.BytesIO(latin1)) == f"the manifest is not UTF-8 text: invalid byte at offset {len(latin1) - 7}"
+
+
+def test_jsonl_problems_are_reported_in_the_order_of_a_manifest_read_whole(monkeypatch):
+    """A bad image, then a broken line, then broken gzip: the gzip error wins, then the line, as before."""
+    _stream_pieces_of(monkeypatch, 64)
+    lines = [FIRST_LINE.strip(), b'{"source-ref": "s3://other/x.jpg"}', *[b'{"source-ref": "s3://images/b.jpg"}'] * 3]
+    outside_then_unreadable = b"\n".join([*lines, b"[1, 2]"])
+    assert rejection(outside_then_unreadable) == 'line 6: expected a JSON object with "source-ref", got a JSON array'
+    assert rejection(io.BytesIO(gzip.compress(outside_then_unreadable)[:-10])).startswith("the manifest is not valid gzip")
+    assert rejection(io.BytesIO(b"\n".join(lines))) == (
+        "line 2: s3://other/x.jpg is outside the allowed image locations [images, photos/2024/]"
+    )
+
+
+def test_a_stream_larger_than_max_bytes_is_rejected_while_it_is_read():
+    assert "larger than 100 bytes" in rejection(io.BytesIO(jsonl(IMAGES * 10)), max_bytes=100)
+
+
+def test_repeats_are_confirmed_string_by_string_when_hashes_collide(monkeypatch):
+    monkeypatch.setattr(manifests, "hash", lambda uri: 7, raising=False)
+    assert parse(native(IMAGES)).images == tuple(IMAGES)
+    assert rejection(native([*IMAGES, IMAGES[1]])) == "entry 4 repeats entry 2: s3://images/sub/b.png"
+    assert rejection(jsonl([*IMAGES, IMAGES[2]])) == "line 4 repeats line 3: s3://images/sub/c.jpg"
+
+
+def test_the_table_keeps_the_arrow_column_without_copying_it_into_python_strings():
+    manifest = parse(jsonl(IMAGES))
+    column = manifest.table()["image_uri"]
+    assert column.dtype == pd.Series([], dtype=str).dtype
+    [table_chunk], [manifest_chunk] = column.array._pa_array.chunks, manifest.image_uris.chunks
+    assert [buffer.address for buffer in table_chunk.buffers()[1:]] == [
+        buffer.address for buffer in manifest_chunk.buffers()[1:]
+    ]
