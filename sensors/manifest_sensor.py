@@ -45,6 +45,7 @@ def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
             settings.manifest_prefix,
             intake.ScanCursor.parse(context.cursor),
             max_keys=settings.sensor_max_keys_per_tick,
+            budget_s=settings.sensor_tick_budget_s,
         )
         return _result(context, client, settings, found, cursor.serialize())
 

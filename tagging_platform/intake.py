@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,8 +42,9 @@ class ScanCursor:
     A scan walks the bucket in key order a few pages per tick (`after`), wrapping to the start when
     it reaches the end. An object is new when it changed after the start of the previous full scan
     (`watermark`): every upload is then seen within two scans, and none is re-listed per tick.
-    `seen` remembers (ETag, last modified) of what was emitted since the watermark, so the overlap
-    between two scans emits nothing twice.
+    `seen` remembers (ETag, last modified) of what was emitted and could still be listed again: by
+    this scan, or by the next one (changed after its watermark), so the overlap between two scans
+    emits nothing twice.
     """
 
     after: str = ""
@@ -68,11 +71,21 @@ def scan_manifests(
     cursor: ScanCursor,
     *,
     max_keys: int = 10_000,
+    budget_s: float = math.inf,
     now: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[list[ManifestObject], ScanCursor]:
-    """List at most `max_keys` keys from where the cursor stands; return new manifests and the next cursor."""
+    """List from where the cursor stands; return new manifests and the next cursor.
+
+    A call lists at most `max_keys` keys, and stops after the page during which `budget_s` seconds
+    (by `clock`) ran out: a listing page's cost grows with the bucket, so a key count alone does not
+    bound a sensor tick. The next call resumes after the last key listed.
+    """
     now = time.time() if now is None else now
+    started = clock()
     cursor = ScanCursor(cursor.after, cursor.scan_started or now, cursor.watermark, dict(cursor.seen))
+    # The next scan's watermark: what changed before it is never listed as new again.
+    next_watermark = cursor.scan_started - CLOCK_SKEW_S
     found: list[ManifestObject] = []
     listed = 0
     while listed < max_keys:
@@ -94,15 +107,18 @@ def scan_manifests(
             is_manifest = obj.key.endswith(MANIFEST_SUFFIXES) and obj.size > 0
             already = cursor.seen.get(obj.key)
             if is_manifest and obj.last_modified >= cursor.watermark and (already is None or already[0] != obj.etag):
-                cursor.seen[obj.key] = (obj.etag, obj.last_modified)
                 found.append(obj)
+                if obj.last_modified >= next_watermark:
+                    cursor.seen[obj.key] = (obj.etag, obj.last_modified)
         if not page.get("IsTruncated"):
             # The end of the bucket: the next tick starts a new scan, and everything that changed
             # since this scan started must be looked at again.
-            cursor.watermark = cursor.scan_started - CLOCK_SKEW_S
+            cursor.watermark = next_watermark
             cursor.after = ""
             cursor.scan_started = now
             cursor.seen = {k: v for k, v in cursor.seen.items() if v[1] >= cursor.watermark}
+            break
+        if clock() - started >= budget_s:
             break
     return found, cursor
 

@@ -84,6 +84,9 @@ class Settings:
     intake: str = "listing"
     sensor_interval_s: int = 5
     sensor_max_keys_per_tick: int = 10_000
+    # A listing tick also stops after the page during which this many seconds ran out, far from Dagster's
+    # 60 s limit on a sensor evaluation: a page costs more the larger the bucket. The next tick resumes there.
+    sensor_tick_budget_s: float = 5.0
     manifest_queue: str = "manifest-events"
     manifest_dead_letter_queue: str = "manifest-events-dead-letter"
     # A message received this many times without being handled moves to the dead-letter queue.

@@ -62,3 +62,48 @@ def test_old_manifests_fall_behind_the_watermark_and_out_of_the_cursor(s3, prefi
     assert len(found) == 1
     found, cursor = scan_manifests(s3, "manifests", prefix, cursor, now=1e12 + 10)
     assert found == [] and cursor.seen == {}
+
+
+class _SlowListing:
+    """The S3 client in pages of at most `page_keys` keys, each moving a clock on by `page_s`, as a large bucket's do."""
+
+    def __init__(self, s3, page_keys: int, page_s: float) -> None:
+        self.s3, self.page_keys, self.page_s = s3, page_keys, page_s
+        self.now, self.pages = 0.0, 0
+
+    def list_objects_v2(self, **kwargs):
+        self.now += self.page_s
+        self.pages += 1
+        return self.s3.list_objects_v2(**{**kwargs, "MaxKeys": min(kwargs["MaxKeys"], self.page_keys)})
+
+    def clock(self) -> float:
+        return self.now
+
+
+def _scan_in_ticks(listing: _SlowListing, prefix: str, **limits) -> tuple[list[str], list[int]]:
+    keys, cursor, pages_per_tick = [], ScanCursor(), []
+    while not pages_per_tick or cursor.after:
+        before = listing.pages
+        found, cursor = scan_manifests(listing, "manifests", prefix, cursor, clock=listing.clock, **limits)
+        pages_per_tick.append(listing.pages - before)
+        keys += [o.key for o in found]
+    return keys, pages_per_tick
+
+
+def test_a_tick_stops_after_the_page_that_runs_out_its_budget_and_the_next_resumes_there(s3, prefix):
+    for i in range(12):
+        _put(s3, f"{prefix}m{i:03d}.json")
+    everything = [f"{prefix}m{i:03d}.json" for i in range(12)]
+    assert _scan_in_ticks(_SlowListing(s3, page_keys=5, page_s=2.0), prefix) == (everything, [3])
+    # 2 s per page against a 3 s budget: the second page crosses it and ends the tick.
+    keys, pages_per_tick = _scan_in_ticks(_SlowListing(s3, page_keys=5, page_s=2.0), prefix, budget_s=3.0)
+    assert (keys, pages_per_tick) == (everything, [2, 1])
+
+
+def test_the_cursor_remembers_only_what_the_next_scan_could_list_again(s3, prefix):
+    _put(s3, prefix + "recent.json")
+    found, cursor = scan_manifests(s3, "manifests", prefix, ScanCursor(), now=1e12)
+    # Changed long before this scan's start minus the clock skew: behind the next watermark already.
+    assert [o.key for o in found] == [prefix + "recent.json"] and cursor.seen == {}
+    found, cursor = scan_manifests(s3, "manifests", prefix, ScanCursor())
+    assert list(cursor.seen) == [prefix + "recent.json"]
