@@ -92,7 +92,8 @@ def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec],
     tagging_s = sum(f.get("wall_s", 0.0) for _, f in figures)
     rows = "\n".join(
         f"| {index} | {f.get('images', '')} | {f.get('reused', 0)} | {f.get('errors', '')} | {f.get('images_per_s', 0):.1f} | "
-        f"{f.get('model_load_s', 0):.1f} | {f.get('inference_s', 0):.1f} | {f.get('fetch_s', 0) + f.get('decode_s', 0):.1f} |"
+        f"{f.get('model_load_s', 0):.1f} | {f.get('inference_s', 0):.1f} | {f.get('fetch_s', 0) + f.get('decode_s', 0):.1f} | "
+        f"{f.get('peak_rss_mb', 0):,.0f} |"
         for index, f in figures
     )
     context.add_output_metadata(
@@ -106,8 +107,8 @@ def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec],
             # Per step of tagging (all chunks' images over all chunks' tagging time), whatever ran in parallel.
             "images_per_s_per_step": round(table.num_rows / tagging_s, 2) if tagging_s else 0.0,
             "chunk_figures": dg.MetadataValue.md(
-                "| chunk | images | reused | errors | images/s | model load s | inference s | fetch+decode s (threads) |\n"
-                f"|---|---|---|---|---|---|---|---|\n{rows}"
+                "| chunk | images | reused | errors | images/s | model load s | inference s | fetch+decode s (threads) "
+                f"| peak memory MB |\n|---|---|---|---|---|---|---|---|---|\n{rows}"
             ),
         }
     )

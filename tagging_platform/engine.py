@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import resource
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -71,6 +72,8 @@ class ChunkStats:
     inference_s: float = 0.0
     write_s: float = 0.0
     wall_s: float = 0.0
+    # The step process's peak resident memory: bounded by queue and batch sizes, whatever the chunk size.
+    peak_rss_mb: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -331,6 +334,7 @@ def run_chunk(
     body = tags.to_parquet_bytes(tags.tag_table(rows + reused_rows))
     stats.write_s = time.perf_counter() - write_started
     stats.wall_s = time.perf_counter() - started
+    stats.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     s3_client.put_object(
         Bucket=warehouse_bucket, Key=spec.result_key, Body=body, Metadata={"stats": json.dumps(stats.as_dict())}
     )

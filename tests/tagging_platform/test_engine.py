@@ -72,6 +72,9 @@ def test_a_chunk_result_is_written_once_and_a_rerun_skips_the_work(s3, settings,
     second = engine.run_chunk(s3, settings.warehouse_bucket, spec, "run-2", load)
     assert not first.skipped and second.skipped
     assert len(loads) == 1
+    # The step reports its peak memory; torch alone is hundreds of MB, so a figure under 100 MB is no measurement.
+    assert 100 < first.peak_rss_mb < 64 * 1024
+    assert engine.chunk_stats(s3, settings.warehouse_bucket, spec)["peak_rss_mb"] == first.peak_rss_mb
     assert (second.images, second.tagged, second.errors) == (2, 2, 0)
     table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
     assert table.num_rows == 2 and set(table.column("run_id").to_pylist()) == {"run-1"}
