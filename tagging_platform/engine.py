@@ -23,7 +23,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 from botocore.exceptions import ConnectionError as S3ConnectionError
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from tagging_platform import models, reuse, tags
 from tagging_platform.manifests import split_s3_uri
@@ -65,6 +65,7 @@ class ChunkStats:
     errors: int = 0
     skipped: bool = False
     reused: int = 0  # of `tagged`, those whose tags came from the reuse index rather than the model
+    device_decoded: int = 0  # images whose JPEG the tagger's device decoded (nvJPEG on CUDA), not Pillow
     lookup_s: float = 0.0
     model_load_s: float = 0.0
     fetch_s: float = 0.0
@@ -89,6 +90,7 @@ class _Decoded:
     image: str
     etag: str | None
     pixels: Any = None  # a CHW float tensor when the image decoded
+    jpeg: bytes | None = None  # a plain JPEG left whole for the device's decoder, which takes a batch at once
     error: str | None = None
     fetch_s: float = 0.0
     decode_s: float = 0.0
@@ -106,6 +108,9 @@ class Tagger:
     min_confidence: float = 0.05
     batch_size: int = 32
     fetch_workers: int = 4
+    # Where torchvision decodes plain JPEGs, a batch at a time: "cuda" (nvJPEG) frees the CPU for fetching and
+    # the rest; None leaves every image to Pillow's draft mode in the fetch threads, the fastest way on a CPU.
+    jpeg_device: str | None = None
     load_s: float = 0.0
     _transform: Any = field(default=None, repr=False)
 
@@ -121,13 +126,11 @@ class Tagger:
         network = _prepare_for_inference(
             models.load_network(card, models.load_artifact(s3_client, ref, card), device), card, device
         )
+        options.setdefault("jpeg_device", "cuda" if device == "cuda" else None)
         return cls(card, ref, network, device, load_s=time.perf_counter() - started, **options)
 
     def decode(self, data: bytes):
         """Bytes of an image file to the model's input tensor, or an exception naming the problem."""
-        import torch
-        from torchvision.transforms.v2 import functional as F
-
         prep = self.card.preprocessing
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
@@ -145,9 +148,51 @@ class Tagger:
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
             image = image.crop((left, top, left + side, top + side))
+        return self.model_input(image)
+
+    def model_input(self, image):
+        """A decoded image (a PIL image, or a CHW uint8 tensor on any device) resized, cropped and normalised."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        prep = self.card.preprocessing
         image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
-        pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
-        return F.normalize(pixels, list(prep.mean), list(prep.std))
+        pixels = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), list(prep.mean), list(prep.std))
+
+    def _decode_on_device(self, batch: list[_Decoded]) -> tuple[list[_Decoded], int, float]:
+        """The batch with its JPEGs decoded together on `jpeg_device`, how many the device decoded, and the time.
+
+        torchvision decodes a list in one call, and one bad file fails the call: then each JPEG of the batch
+        goes through Pillow like any other image, which tags it or names what is wrong with it.
+        """
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        waiting = [d for d in batch if d.jpeg is not None]
+        if not waiting:
+            return batch, 0, 0.0
+        started = time.perf_counter()
+        try:
+            images = decode_jpeg(
+                [torch.frombuffer(bytearray(d.jpeg), dtype=torch.uint8) for d in waiting],
+                mode=ImageReadMode.RGB,
+                device=self.jpeg_device,
+            )
+            decoded = {
+                id(d): dataclasses.replace(d, jpeg=None, pixels=self.model_input(image))
+                for d, image in zip(waiting, images, strict=True)
+            }
+            on_device = len(waiting)
+        except (RuntimeError, ValueError):
+            decoded, on_device = {id(d): self._decode_with_pillow(d) for d in waiting}, 0
+        return [decoded.get(id(d), d) for d in batch], on_device, time.perf_counter() - started
+
+    def _decode_with_pillow(self, item: _Decoded) -> _Decoded:
+        try:
+            return dataclasses.replace(item, jpeg=None, pixels=self.decode(item.jpeg))
+        except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
+            return dataclasses.replace(item, jpeg=None, error=_decode_error(exc))
 
     def predict(self, batch) -> list[tuple[list[dict[str, Any]], str, float]]:
         """(tags, top tag, top confidence) per input of a stacked NCHW batch."""
@@ -181,7 +226,8 @@ class Tagger:
         """Tag every image of a chunk. Images that fail become error rows; nothing is dropped.
 
         Fetch and decode run in a thread pool ahead of inference, at most two batches in flight, so
-        memory follows the batch size and never the chunk size.
+        memory follows the batch size and never the chunk size. With a `jpeg_device`, the pool only fetches
+        plain JPEGs and the device decodes each batch of them just before inference.
         """
         import torch
 
@@ -198,9 +244,35 @@ class Tagger:
         rows: list[dict[str, Any]] = []
         pending: list[_Decoded] = []
 
+        def failed(decoded: _Decoded) -> None:
+            stats.errors += 1
+            rows.append(
+                {
+                    "image": decoded.image,
+                    "position": decoded.position,
+                    "etag": decoded.etag,
+                    "status": tags.STATUS_ERROR,
+                    "error": decoded.error,
+                    "tags": None,
+                    "top_tag": None,
+                    "top_confidence": None,
+                    "tagged_at": datetime.now(timezone.utc),
+                    **common,
+                }
+            )
+
         def emit(batch: list[_Decoded]) -> None:
+            batch, on_device, decode_s = self._decode_on_device(batch)
+            stats.device_decoded += on_device
+            stats.decode_s += decode_s
+            for decoded in batch:
+                if decoded.error is not None:
+                    failed(decoded)
+            batch = [d for d in batch if d.error is None]
+            if not batch:
+                return
             infer_started = time.perf_counter()
-            predictions = self.predict(torch.stack([d.pixels for d in batch]))
+            predictions = self.predict(torch.stack([d.pixels.to(self.device, non_blocking=True) for d in batch]))
             stats.inference_s += time.perf_counter() - infer_started
             now = datetime.now(timezone.utc)
             for decoded, (kept, top, top_conf) in zip(batch, predictions, strict=True):
@@ -235,21 +307,7 @@ class Tagger:
                 stats.fetch_s += decoded.fetch_s
                 stats.decode_s += decoded.decode_s
                 if decoded.error is not None:
-                    stats.errors += 1
-                    rows.append(
-                        {
-                            "image": decoded.image,
-                            "position": decoded.position,
-                            "etag": decoded.etag,
-                            "status": tags.STATUS_ERROR,
-                            "error": decoded.error,
-                            "tags": None,
-                            "top_tag": None,
-                            "top_confidence": None,
-                            "tagged_at": datetime.now(timezone.utc),
-                            **common,
-                        }
-                    )
+                    failed(decoded)
                 else:
                     pending.append(decoded)
                     if len(pending) == self.batch_size:
@@ -284,6 +342,8 @@ class Tagger:
                 raise
             return _Decoded(position, image, None, error=_fetch_error(exc), fetch_s=time.perf_counter() - started)
         fetched = time.perf_counter()
+        if self.jpeg_device and _plain_jpeg(data):
+            return _Decoded(position, image, etag, jpeg=data, fetch_s=fetched - started)
         try:
             pixels = self.decode(data)
         except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
@@ -429,6 +489,26 @@ def _prepare_for_inference(network, card: models.ModelCard, device: str):
         warnings.simplefilter("ignore", FutureWarning)
         traced = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.trace(network, example)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """A JPEG the device's decoder takes as it is: RGB or grey, upright, not huge, not a sliver.
+
+    Everything else (CMYK, EXIF-rotated, other formats, what Pillow's guards stop) goes through Pillow.
+    Reading the header costs microseconds; the pixels are not decoded here.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            upright = opened.getexif().get(ExifTags.Base.Orientation, 1) == 1
+            return (
+                opened.format == "JPEG" and opened.mode in ("RGB", "L") and upright
+                and width * height <= MAX_IMAGE_PIXELS and max(width, height) <= 2 * min(width, height)
+            )
+    except Exception:  # noqa: BLE001 - Pillow decides what is wrong with it, with its reason
+        return False
 
 
 def _head(s3_client, bucket: str, key: str) -> dict[str, Any] | None:

@@ -1,10 +1,12 @@
 """The engine on real photographs and the real model, reading from the embedded S3 server over HTTP."""
 
 import dataclasses
+import io
 
 import pytest
+from PIL import Image
 
-from tagging_platform import engine, tags
+from tagging_platform import engine, photos, tags
 from tagging_platform.models import ModelRef
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
@@ -131,3 +133,36 @@ def test_an_unknown_model_is_a_clear_error(s3, settings, model_ref):
         models.resolve_model(s3, settings.model_bucket, "no-such-model")
     with pytest.raises(models.ModelError, match="unknown version"):
         models.resolve_model(s3, settings.model_bucket, "mobilenet_v2@0123456789abcdef")
+
+
+def test_jpegs_decoded_by_torchvision_in_batches_tag_like_pillow(s3, photographs, upload_images, model_ref):
+    """The CUDA path (nvJPEG, a batch per call) on the CPU: the same call with device="cpu" is libjpeg's."""
+    cmyk = io.BytesIO()
+    photos.photograph("coffee").convert("CMYK").save(cmyk, format="JPEG", quality=90)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(photographs["chelsea.jpg"])).save(png, format="PNG")
+    images = {
+        **photographs,
+        "truncated.jpg": photographs["coffee.jpg"][:5000],  # fails the batched call: Pillow names the problem
+        "cmyk.jpg": cmyk.getvalue(),  # not for the device's decoder: Pillow converts it
+        "cat.png": png.getvalue(),
+    }
+    uris = upload_images(images)
+    spec = dataclasses.replace(_spec(uris, model_ref), reuse=False)
+    options = {"device": "cpu", "batch_size": 4, "fetch_workers": 2}
+    by_device, device_stats = engine.Tagger.load(s3, model_ref, jpeg_device="cpu", **options).tag(s3, spec, "run-1")
+    by_pillow, pillow_stats = engine.Tagger.load(s3, model_ref, **options).tag(s3, spec, "run-1")
+
+    assert pillow_stats.device_decoded == 0
+    plain = [u for u, name in zip(uris, images, strict=True) if name in photographs]
+    # Batches holding the truncated JPEG went to Pillow whole; every other batch's photographs to the device.
+    assert 0 < device_stats.device_decoded <= len(plain)
+    device, pillow = ({row["image"]: row for row in rows} for rows in (by_device, by_pillow))
+    assert {u: r["status"] for u, r in device.items()} == {u: r["status"] for u, r in pillow.items()}
+    assert device[uris[list(images).index("truncated.jpg")]]["error"].startswith("decode failed")
+    assert device[uris[list(images).index("cmyk.jpg")]]["status"] == tags.STATUS_OK
+    # Pillow's draft mode decodes at a reduced scale, libjpeg in full: the best tags agree, confidences differ a little.
+    for uri in plain:
+        assert pillow[uri]["top_tag"] in {t["name"] for t in device[uri]["tags"]}
+    agree = sum(device[u]["top_tag"] == pillow[u]["top_tag"] for u in plain)
+    assert agree >= len(plain) - 1
