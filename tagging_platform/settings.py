@@ -12,11 +12,14 @@ EMBEDDED_S3_PORT = 9555
 # Read by glibc and OpenMP when a process starts, so they are set in the environment of every step
 # process (local), pod (k8s executor) and image, never left to the user. Without them glibc returns
 # the model's buffers to the kernel after every forward pass and idle OpenMP threads spin on the
-# cores that fetch and decode need: each costs up to 3x on a small CPU.
+# cores that fetch and decode need: each costs up to 3x on a small CPU. Since nothing is trimmed, each
+# of glibc's per-thread arenas keeps its own high-water mark: two arenas for all the fetch and decode
+# threads kept a chunk's peak 155 MB lower (1,522 -> 1,367 MB) at the same images/s.
 PROCESS_ENV = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": "100000000000",
     "MALLOC_TOP_PAD_": "536870912",
+    "MALLOC_ARENA_MAX": "2",
     "OMP_WAIT_POLICY": "PASSIVE",
 }
 
