@@ -28,7 +28,8 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
     etag = response["ETag"].strip('"')
     try:
         parsed = parse_manifest(
-            response["Body"].read(),
+            # The body as a stream: a JSON Lines manifest is parsed a piece at a time, never held whole.
+            response["Body"],
             record["manifest"],
             allowed_image_prefixes=settings.allowed_image_prefixes,
             allowed_output_prefixes=settings.allowed_output_prefixes,
