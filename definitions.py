@@ -6,7 +6,7 @@ from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
 from resources import build_resources
 from resources.k8s_executor import HARDENED_STEP_POD, k8s_step_executor
-from sensors import build_canary_schedule, build_manifest_sensor, build_model_registry_sensor
+from sensors import build_canary_schedule, build_failed_run_sensor, build_manifest_sensor, build_model_registry_sensor
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
@@ -37,6 +37,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[
             build_manifest_sensor(settings),
             build_model_registry_sensor(settings),
+            build_failed_run_sensor(),
             # Keeps tag_quality_history current after every manifest; running from the start.
             dg.AutomationConditionSensorDefinition(
                 "quality_history_automation",
