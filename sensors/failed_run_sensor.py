@@ -11,8 +11,6 @@ from assets.jobs import tag_manifest_job
 GRACE_S = 60.0
 # Failed runs older than this are an operator's matter, not a transient fault's.
 LOOKBACK_S = 6 * 3600.0
-# Retries of one batch, Dagster's and this sensor's together: the instance's run_retries.max_retries.
-MAX_RETRIES = 2
 BACKSTOP_ATTEMPT = "tagging/backstop_attempt"
 RETRY_OF = "tagging/retry_of"
 
@@ -49,7 +47,8 @@ def build_failed_run_sensor(grace_s: float = GRACE_S) -> dg.SensorDefinition:
             if run.tags.get("dagster/retry_on_asset_or_op_failure") == "false":
                 continue
             attempts = int(run.tags.get("dagster/retry_number", 0)) + int(run.tags.get(BACKSTOP_ATTEMPT, 0))
-            if attempts >= MAX_RETRIES:
+            # Dagster's retries and this sensor's together, up to the instance's run_retries.max_retries.
+            if attempts >= instance.run_retries_max_retries:
                 continue
             # Dagster's retry, a newer version of the manifest or a re-tag: the batch has moved on.
             later = instance.get_run_records(

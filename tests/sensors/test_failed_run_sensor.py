@@ -10,7 +10,7 @@ from sensors.failed_run_sensor import BACKSTOP_ATTEMPT, RETRY_OF, build_failed_r
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
         yield instance
 
 
