@@ -9,7 +9,8 @@ from dagster_aws.s3 import S3Resource
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from tagging_platform import intake, models
-from tagging_platform.manifests import ManifestError, parse_manifest, split_s3_uri
+from tagging_platform.manifests import ManifestError, parse_manifest
+from tagging_platform.s3 import split_uri
 
 
 @dg.asset(
@@ -77,6 +78,6 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
 
 def _report_rejection(client, location: str, record: dict, exc: Exception) -> None:
     """Customers watch their output location: a rejected manifest leaves its reason there."""
-    bucket, prefix = split_s3_uri(location)
+    bucket, prefix = split_uri(location)
     body = {"manifest": record["manifest"], "etag": record["etag"], "status": "rejected", "error": str(exc)}
     client.put_object(Bucket=bucket, Key=prefix + "_REJECTED.json", Body=json.dumps(body, indent=2).encode())

@@ -216,12 +216,13 @@ def _sensor_case(objects: int) -> dict:
     """Child: a bucket of `objects` manifests already seen by the sensor, then NEW_MANIFESTS new ones."""
     # Imported here, not at the top: the parse children's peak RSS should not include boto3 and moto.
     from tagging_platform import embedded
+    from tagging_platform.s3 import make_client
 
     port = embedded.free_port()
     settings = Settings.from_env({"TP_S3_ENDPOINT": f"http://127.0.0.1:{port}"})
     server = embedded.EmbeddedS3(port).start(settings)
     try:
-        client = embedded.s3_client(settings)
+        client = make_client(settings)
         bucket, prefix = settings.manifest_bucket, settings.manifest_prefix
         keys = [f"{prefix}batch-{i:07d}.json" for i in range(objects)]
         seeding = _seed(client, bucket, keys)

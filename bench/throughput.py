@@ -26,7 +26,8 @@ from PIL import Image
 
 from bench.common import RESULTS, ROOT, emit, log, machine, table, write_results
 from tagging_platform import engine, models, photos
-from tagging_platform.embedded import EmbeddedS3, create_buckets, free_port, s3_client
+from tagging_platform.embedded import EmbeddedS3, create_buckets, free_port
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env({"TP_S3_ENDPOINT": f"http://127.0.0.1:{port}"})
     server = EmbeddedS3(port).start(settings)
     try:
-        client = s3_client(settings)
+        client = make_client(settings)
         upload_started = time.perf_counter()
         _upload(client, images)
         upload_s = time.perf_counter() - upload_started
@@ -330,7 +331,7 @@ def _is_loopback(listener: str) -> bool:
 def _child(args: argparse.Namespace) -> None:
     plan = QUICK if args.quick else FULL
     settings = Settings.from_env({"TP_S3_ENDPOINT": args.endpoint})
-    client = s3_client(settings)
+    client = make_client(settings)
     ref = models.ModelRef(**json.loads(args.model))
     # Beyond the uploaded objects the URIs repeat: a chunk may list an image twice, at different positions.
     uris = [image_uri(i % plan.images) for i in range(args.images)]
@@ -587,7 +588,7 @@ class _RayTagger:
     predicts = True
 
     def __init__(self, endpoint: str, ref: dict) -> None:
-        self.client = s3_client(Settings.from_env({"TP_S3_ENDPOINT": endpoint}))
+        self.client = make_client(Settings.from_env({"TP_S3_ENDPOINT": endpoint}))
         model = models.ModelRef(**ref)
         if self.predicts:
             self.tagger = engine.Tagger.load(self.client, model, device="cpu", top_k=5, min_confidence=0.0)
@@ -639,7 +640,7 @@ class _SharedS3:
         self.port = port
 
     def start(self, settings: Settings) -> _SharedS3:
-        create_buckets(s3_client(settings), settings)
+        create_buckets(make_client(settings), settings)
         return self
 
     def stop(self) -> None:

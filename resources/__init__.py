@@ -1,24 +1,16 @@
 """Resources chosen per deployment: the assets never branch on where they run."""
 
-import dagster as dg
-from dagster_aws.s3 import S3PickleIOManager, S3Resource
+from dagster_aws.s3 import S3PickleIOManager
 
+from resources.s3 import PlatformS3Resource
 from resources.settings import PlatformSettings
 from resources.tagger import TaggerResource
 from resources.warehouse_io_manager import WarehouseIOManager
 from tagging_platform.settings import Settings
 
-# The embedded S3 server accepts any credentials; AWS takes them from the pod's role instead.
-_EMBEDDED_CREDENTIALS = {"aws_access_key_id": "embedded", "aws_secret_access_key": "embedded"}
-
 
 def build_resources(settings: Settings) -> dict[str, object]:
-    s3 = S3Resource(
-        endpoint_url=settings.s3_endpoint or None,
-        region_name=settings.aws_region,
-        max_attempts=8,
-        **(_EMBEDDED_CREDENTIALS if settings.deployment == "local" else {}),
-    )
+    s3 = PlatformS3Resource.from_settings(settings)
     return {
         "s3": s3,
         "platform": PlatformSettings(values=settings.as_env()),
@@ -35,4 +27,4 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
-__all__ = ["build_resources", "PlatformSettings", "TaggerResource", "WarehouseIOManager"]
+__all__ = ["build_resources", "PlatformS3Resource", "PlatformSettings", "TaggerResource", "WarehouseIOManager"]

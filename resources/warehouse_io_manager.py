@@ -11,6 +11,9 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 
+from tagging_platform import layout
+from tagging_platform.s3 import is_not_found
+
 # pandas' own attrs do not survive Parquet reliably across versions; we keep them in the schema metadata.
 _ATTRS_KEY = b"tagging_platform.attrs"
 
@@ -24,11 +27,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
 
     s3: dg.ResourceDependency[S3Resource]
     bucket: str
-    prefix: str = "assets/"
+    prefix: str = layout.ASSETS_PREFIX
 
     def _base(self, asset_key: dg.AssetKey, partition: str | None) -> str:
-        path = "/".join(asset_key.path)
-        return f"{self.prefix}{path}/manifest={partition}/data" if partition else f"{self.prefix}{path}/data"
+        return layout.asset_base("/".join(asset_key.path), partition, root=self.prefix)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
@@ -66,9 +68,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             try:
                 values[partition] = self._load(self._base(context.asset_key, partition), dict)
             except ClientError as exc:
-                # Matched by code: each get_client() is a new boto3 session with its own exception classes, so
-                # another client's `exceptions.NoSuchKey` never matches (a batch still running failed this load).
-                if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                if not is_not_found(exc):
                     raise
                 continue  # a batch whose run failed, or has not yet reached, this asset
         return values

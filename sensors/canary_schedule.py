@@ -11,7 +11,7 @@ from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from sensors.model_registry_sensor import model_registered
 from tagging_platform import canary, intake
-from tagging_platform.manifests import split_s3_uri
+from tagging_platform.s3 import split_uri
 from tagging_platform.settings import Settings
 
 UNFINISHED = [
@@ -49,7 +49,7 @@ def build_canary_schedule(settings: Settings) -> dg.ScheduleDefinition:
         settings = platform.settings
         client = s3.get_client()
         # Uploaded every time: the bytes never change (nor their ETags), and a deleted photograph comes back.
-        bucket, prefix = split_s3_uri(settings.canary_image_prefix)
+        bucket, prefix = split_uri(settings.canary_image_prefix)
         uris = []
         for name, data in canary.photographs(canary.load_expectations(settings.canary_expectations)).items():
             client.put_object(Bucket=bucket, Key=prefix + name, Body=data)

@@ -12,7 +12,7 @@ from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from sensors.model_registry_sensor import model_registered
 from tagging_platform import intake
-from tagging_platform.embedded import aws_client
+from tagging_platform.s3 import make_client
 from tagging_platform.events import ManifestQueue
 from tagging_platform.settings import Settings
 
@@ -65,7 +65,7 @@ def _events_sensor(settings: Settings) -> dg.SensorDefinition:
         if not model_registered(context):
             return dg.SkipReason("waiting for the model registry sensor to register the models")
         settings = platform.settings
-        queue = ManifestQueue(aws_client("sqs", settings), settings)
+        queue = ManifestQueue(make_client(settings, "sqs"), settings)
         # The cursor holds the messages whose runs the previous tick asked for. Dagster stores a
         # cursor only after recording that tick's run requests, so deleting them now never loses
         # one; a crash before this point redelivers them, and their run keys start nothing twice.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tagging_platform import photos, taxonomy
-from tagging_platform.manifests import split_s3_uri
+from tagging_platform.s3 import list_objects, split_uri
 
 # The canary's batch (dynamic partition). '@' never survives `partition_key_for`, so no customer's
 # manifest can ever be taken for the canary, nor the canary for a customer's batch.
@@ -114,15 +114,14 @@ def manifest(image_uris: list[str], label: str) -> dict[str, Any]:
 
 def published_objects(s3_client, marker: dict[str, Any]) -> list[dict[str, Any]]:
     """The tag objects a completion marker vouches for, read as a customer reads them."""
-    bucket, prefix = split_s3_uri(marker["location"])
+    bucket, prefix = split_uri(marker["location"])
     if marker["format"] == "jsonl":
         bodies = [s3_client.get_object(Bucket=bucket, Key=part["key"])["Body"].read() for part in marker["parts"]]
         return [json.loads(line) for body in bodies for line in body.splitlines() if line]
-    objects = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "objects/"):
-        for item in page.get("Contents", []):
-            objects.append(json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()))
-    return objects
+    return [
+        json.loads(s3_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        for item in list_objects(s3_client, bucket, prefix + "objects/")
+    ]
 
 
 def judge(objects: list[dict[str, Any]], expectations: list[Expectation]) -> list[Verdict]:

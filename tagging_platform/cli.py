@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from tagging_platform import models, photos, planning, publishing, taxonomy
-from tagging_platform.embedded import s3_client
+from tagging_platform.s3 import make_client, read_bytes, split_uri
+from tagging_platform import layout
 from tagging_platform.manifests import partition_key_for
 from tagging_platform.settings import EMBEDDED_S3_PORT, Settings
 
@@ -155,7 +156,7 @@ def run_query(args) -> int:
 
 def run_model(args) -> int:
     settings = Settings.from_env()
-    client = s3_client(settings)
+    client = make_client(settings)
     if args.model_command == "list":
         for card in models.list_models(client, settings.model_bucket):
             profile = card.get("profile", {})
@@ -220,7 +221,7 @@ def run_retag(args) -> int:
     from tagging_platform.dagster_client import DagsterClient, DagsterError
 
     settings = Settings.from_env()
-    client = s3_client(settings)
+    client = make_client(settings)
     name, _, older = args.model.partition("@")
     try:
         target = models.resolve_model(client, settings.model_bucket, name)
@@ -254,13 +255,12 @@ def run_compare(args) -> int:
     import pyarrow.parquet as pq
 
     settings = Settings.from_env()
-    client = s3_client(settings)
-    try:
-        body = client.get_object(Bucket=settings.warehouse_bucket, Key="assets/tag_quality_history/data.parquet")["Body"]
-    except client.exceptions.NoSuchKey:
+    client = make_client(settings)
+    body = read_bytes(client, settings.warehouse_bucket, layout.asset_table_key("tag_quality_history"))
+    if body is None:
         print("no tag_quality_history yet: it is materialized after the first batch", file=sys.stderr)
         return 2
-    frame = pq.read_table(io.BytesIO(body.read())).to_pandas()
+    frame = pq.read_table(io.BytesIO(body)).to_pandas()
     if "compared_versions" in frame:
         frame = frame[frame["compared_versions"].notna()]
     if args.manifest:
@@ -313,7 +313,7 @@ def upload_batch(client, settings: Settings, name: str, images: list[tuple[str, 
 def run_submit(args) -> int:
 
     settings = Settings.from_env()
-    client = s3_client(settings)
+    client = make_client(settings)
     source: Path | None = args.source
     if args.photos:
         images = photos.sample_set(variants_per_photo=args.variants)
@@ -413,21 +413,12 @@ def summarise(platform, run: dict, partition: str, expected: int, started: float
 
 
 def _markers(client, settings: Settings, partition: str) -> list[tuple[str, dict]]:
-    base = f"{settings.output_prefix}{partition}/"
-    found = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.output_bucket, Prefix=base):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(publishing.MARKER_NAME):
-                location = f"s3://{settings.output_bucket}/{item['Key'][: -len(publishing.MARKER_NAME)]}"
-                found.append((location, publishing.read_marker(client, location)))
-    return found
+    return publishing.find_markers(client, settings.output_bucket, f"{settings.output_prefix}{partition}/")
 
 
 def _print_examples(client, marker: dict, limit: int = 8) -> None:
-    from tagging_platform.manifests import split_s3_uri
-
     for part in marker["parts"][:1]:
-        bucket, _ = split_s3_uri(marker["location"])
+        bucket, _ = split_uri(marker["location"])
         lines = client.get_object(Bucket=bucket, Key=part["key"])["Body"].read().splitlines()
         for line in lines[:limit]:
             obj = json.loads(line)

@@ -7,9 +7,7 @@ import subprocess
 import sys
 import time
 
-import boto3
-from botocore.config import Config
-
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
 
 
@@ -17,23 +15,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def s3_client(settings: Settings):
-    return aws_client("s3", settings)
-
-
-def aws_client(service: str, settings: Settings):
-    """A boto3 client for the configured endpoint: the embedded server locally, AWS in production."""
-    local = settings.deployment == "local"
-    return boto3.client(
-        service,
-        endpoint_url=settings.s3_endpoint or None,
-        region_name=settings.aws_region,
-        aws_access_key_id="embedded" if local else None,
-        aws_secret_access_key="embedded" if local else None,
-        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
-    )
 
 
 class EmbeddedS3:
@@ -52,7 +33,7 @@ class EmbeddedS3:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = s3_client(settings)
+        client = make_client(settings)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -66,7 +47,7 @@ class EmbeddedS3:
         if settings.intake == "events":
             from tagging_platform.events import configure_notifications
 
-            configure_notifications(client, aws_client("sqs", settings), settings)
+            configure_notifications(client, make_client(settings, "sqs"), settings)
         return self
 
     def stop(self) -> None:

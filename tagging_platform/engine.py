@@ -25,8 +25,8 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as S3ConnectionError
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from tagging_platform import models, reuse, tags
-from tagging_platform.manifests import split_s3_uri
+from tagging_platform import layout, models, reuse, tags
+from tagging_platform.s3 import is_not_found, split_uri
 
 # Pillow's own guard warns at 89M pixels and fails at twice that; we fail at the warning level, with a reason.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -52,10 +52,7 @@ class ChunkSpec:
         """Where the chunk's Parquet lands: derived from its content, so a retry finds the earlier result."""
         content = "\n".join((self.manifest_etag, *self.images))
         digest = hashlib.sha256(content.encode()).hexdigest()[:16]
-        return (
-            f"chunks/partition={self.partition}/model={self.model.name}-{self.model.short_version}/"
-            f"chunk-{self.index:05d}-{digest}.parquet"
-        )
+        return layout.chunk_key(self.partition, self.model.name, self.model.short_version, self.index, digest)
 
 
 @dataclass
@@ -327,7 +324,7 @@ class Tagger:
     def _fetch_and_decode(self, s3_client, position: int, image: str) -> _Decoded:
         started = time.perf_counter()
         try:
-            bucket, key = split_s3_uri(image)
+            bucket, key = split_uri(image)
             response = s3_client.get_object(Bucket=bucket, Key=key)
             if response["ContentLength"] > MAX_IMAGE_BYTES:
                 response["Body"].close()
@@ -515,7 +512,7 @@ def _head(s3_client, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         return s3_client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if is_not_found(exc):
             return None
         raise
 
@@ -531,12 +528,12 @@ def _transient(exc: Exception) -> bool:
 
 def _fetch_error(exc: Exception) -> str:
     code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-    if code in ("NoSuchKey", "404"):
+    if code == "NoSuchBucket":
+        return "not found: the bucket does not exist"
+    if is_not_found(exc):
         return "not found: the object does not exist"
     if code in ("AccessDenied", "403"):
         return "access denied reading the object"
-    if code == "NoSuchBucket":
-        return "not found: the bucket does not exist"
     return f"fetch failed: {type(exc).__name__}: {exc}"
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tagging_platform import layout
+from tagging_platform.s3 import read_bytes
 from tagging_platform.manifests import partition_key_for
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".manifest.gz")
@@ -123,26 +125,21 @@ def scan_manifests(
     return found, cursor
 
 
-def partition_record_key(partition: str) -> str:
-    return f"batches/{partition}.json"
-
-
 def record_partition(s3_client, warehouse_bucket: str, partition: str, obj: ManifestObject) -> None:
     """Remember which manifest a partition stands for, for the assets and the API to read back."""
     record = {"partition": partition, "manifest": obj.uri, "bucket": obj.bucket, "key": obj.key, "etag": obj.etag}
     s3_client.put_object(
-        Bucket=warehouse_bucket, Key=partition_record_key(partition), Body=json.dumps(record).encode()
+        Bucket=warehouse_bucket, Key=layout.batch_record_key(partition), Body=json.dumps(record).encode()
     )
 
 
 def read_partition(s3_client, warehouse_bucket: str, partition: str) -> dict[str, str]:
-    try:
-        body = s3_client.get_object(Bucket=warehouse_bucket, Key=partition_record_key(partition))["Body"].read()
-    except s3_client.exceptions.NoSuchKey:
+    body = read_bytes(s3_client, warehouse_bucket, layout.batch_record_key(partition))
+    if body is None:
         raise LookupError(
             f"partition {partition!r} has no batch record in s3://{warehouse_bucket}/: "
             "partitions are added by the manifest sensor"
-        ) from None
+        )
     return json.loads(body)
 
 

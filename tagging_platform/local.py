@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from tagging_platform.dagster_client import DagsterClient
-from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
+from tagging_platform.embedded import EmbeddedS3, free_port
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 _INSTANCE_YAML = """\
@@ -85,7 +86,7 @@ class LocalPlatform:
         return {**os.environ, **PROCESS_ENV, **self.settings.as_env(), "DAGSTER_HOME": str(self.dagster_home)}
 
     def s3(self):
-        return s3_client(self.settings)
+        return make_client(self.settings)
 
     def start(self, timeout_s: float = 180) -> LocalPlatform:
         self._s3 = EmbeddedS3(self.s3_port).start(self.settings)

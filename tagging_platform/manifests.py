@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tagging_platform.s3 import BUCKET_PATTERN, S3UriError, split_uri
+from tagging_platform.s3 import shown as _show
+
 NATIVE_FIELDS = ("images", "model", "output", "id", "reuse")
 MAX_ID_CHARS = 200
 MAX_PARTITION_NAME = 80
@@ -30,18 +33,13 @@ _BOM = codecs.BOM_UTF8
 _PIECE = 1 << 22
 # Images validated and added to the Arrow column at a time, from a manifest parsed whole.
 _BATCH = 1 << 16
-# Error messages echo customer data; a multi-megabyte "URI" must not become a multi-megabyte message.
-_SHOWN_CHARS = 200
 
-_BUCKET = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # Cc control characters, and lone surrogates (they cannot be encoded for S3); backslashes are
 # rejected too because some S3 clients and tools treat them as path separators.
 _BAD_KEY_CHARS = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\\"
-_S3_URI = re.compile(rf"s3://({_BUCKET})(?:/(.*))?\Z", re.DOTALL)
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 # The common case, a valid image URI, costs one match plus one search; the slower diagnosis in
 # _image_problem runs only for an entry that is about to be rejected.
-_IMAGE_URI = re.compile(rf"s3://{_BUCKET}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}/]\Z")
+_IMAGE_URI = re.compile(rf"s3://{BUCKET_PATTERN}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}/]\Z")
 _BAD_KEY_CHAR = re.compile(rf"[{_BAD_KEY_CHARS}]")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?=/|\Z)")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -156,22 +154,6 @@ def parse_manifest(
     raise ManifestError(f"a manifest is a JSON object, a JSON array or JSON Lines, not a JSON {_json_type(whole)}")
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """"s3://bucket/key" -> ("bucket", "key"); the key is "" for "s3://bucket" or "s3://bucket/"."""
-    match = _S3_URI.match(uri)
-    if match:
-        return match.group(1), match.group(2) or ""
-    scheme = _SCHEME.match(uri)
-    if scheme and scheme.group(1) != "s3":
-        raise ManifestError(f'{_show(uri)} is not an s3:// URI (scheme "{scheme.group(1)}" is not accepted)')
-    if uri.startswith("s3://"):
-        bucket = uri[5:].partition("/")[0]
-        if not bucket:
-            raise ManifestError(f"{_show(uri)} has no bucket")
-        raise ManifestError(f'{_show(uri)}: "{_show(bucket)}" is not a valid bucket name')
-    raise ManifestError(f"{_show(uri)} is not an s3:// URI (expected s3://bucket/key)")
-
-
 def partition_key_for(manifest_key: str, prefix: str = "") -> str:
     """A Dagster-safe, readable partition key for a manifest's S3 key; different keys get different partitions.
 
@@ -237,7 +219,7 @@ class _Rules:
         if _IMAGE_URI.match(uri) is None or _DOT_SEGMENT.search(uri) is not None:
             return _image_problem(uri)
         if _key_too_long(uri):
-            size = len(split_s3_uri(uri)[1].encode("utf-8"))
+            size = len(split_uri(uri)[1].encode("utf-8"))
             return f"{_show(uri)}: the key is {size} bytes, over S3's limit of {MAX_KEY_BYTES}"
         return f"{_show(uri)} is outside the allowed image locations [{', '.join(self.configured_image_prefixes)}]"
 
@@ -616,8 +598,8 @@ def _optional_string(obj: dict, name: str) -> str | None:
 def _location(value: str, what: str) -> str:
     """An s3:// bucket with an optional prefix, normalised to end with "/"."""
     try:
-        bucket, key = split_s3_uri(value)
-    except ManifestError as exc:
+        bucket, key = split_uri(value)
+    except S3UriError as exc:
         raise ManifestError(f"{what}: {exc}") from None
     if _BAD_KEY_CHAR.search(key) or _DOT_SEGMENT.search("/" + key):
         raise ManifestError(f"{what}: {_key_problem(value, key)}")
@@ -629,8 +611,8 @@ def _location(value: str, what: str) -> str:
 def _image_problem(uri: str) -> str:
     """Why an image URI that failed the fast check is not acceptable."""
     try:
-        _, key = split_s3_uri(uri)
-    except ManifestError as exc:
+        _, key = split_uri(uri)
+    except S3UriError as exc:
         return str(exc)
     if not key:
         return f"{_show(uri)} has no key: it names a bucket, not an image"
@@ -646,11 +628,6 @@ def _key_problem(uri: str, key: str) -> str:
         what = "a backslash" if bad.group() == "\\" else f"the control or invalid character {ascii(bad.group())}"
         return f"{_show(uri)}: the key contains {what}"
     return f'{_show(uri)}: the key contains a "." or ".." path segment'
-
-
-def _show(value: str) -> str:
-    shown = value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
-    return shown if shown.isprintable() else repr(shown)
 
 
 def _json_type(value: object) -> str:

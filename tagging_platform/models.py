@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tagging_platform import taxonomy
+from tagging_platform.s3 import list_folder, read_bytes
 
 BUILTIN_MODEL = "mobilenet_v2"
 KINDS = ("torchvision", "efficientnet_lite", "torchscript")
@@ -273,9 +274,7 @@ def resolve_model(s3_client, bucket: str, spec: str) -> ModelRef:
 
 def list_models(s3_client, bucket: str) -> list[dict[str, Any]]:
     """Every registered model's latest card (as stored), by name: what `GET /v1/models` and `model list` show."""
-    names = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
-        names += [prefix["Prefix"].rstrip("/") for prefix in page.get("CommonPrefixes", [])]
+    names = [folder.rstrip("/") for folder in list_folder(s3_client, bucket, "")[1]]
     cards = []
     for name in sorted(names):
         try:
@@ -362,7 +361,7 @@ def load_artifact(s3_client, ref: ModelRef, card: ModelCard) -> bytes:
 
 
 def _get(s3_client, bucket: str, key: str) -> bytes:
-    try:
-        return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except s3_client.exceptions.NoSuchKey:
-        raise KeyError(f"s3://{bucket}/{key}") from None
+    body = read_bytes(s3_client, bucket, key)
+    if body is None:
+        raise KeyError(f"s3://{bucket}/{key}")
+    return body

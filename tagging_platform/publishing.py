@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from tagging_platform import tags
-from tagging_platform.manifests import split_s3_uri
+from tagging_platform.s3 import list_folder, list_objects, read_bytes, split_uri
 from tagging_platform.models import ModelRef
 
 MARKER_NAME = "_COMPLETE.json"
@@ -38,7 +38,7 @@ def publish(
     being written, or that a crashed attempt left behind, is never seen as complete. Parts are
     replaced in place on a re-run and stale ones are removed, so nothing is duplicated.
     """
-    bucket, prefix = split_s3_uri(location)
+    bucket, prefix = split_uri(location)
     marker_key = prefix + MARKER_NAME
     s3_client.delete_object(Bucket=bucket, Key=marker_key)
     before = _list_keys(s3_client, bucket, prefix)
@@ -78,26 +78,34 @@ def superseded(s3_client, base: str, partition: str, model: ModelRef) -> dict[st
 
     It stays where it is (every version has its own prefix); the new marker names it so readers can follow.
     """
-    bucket, prefix = split_s3_uri(output_location(base, partition, model).rsplit("/", 2)[0] + "/")
+    bucket, prefix = split_uri(output_location(base, partition, model).rsplit("/", 2)[0] + "/")
     earlier = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            location = f"s3://{bucket}/{common['Prefix']}"
-            marker = read_marker(s3_client, location) if location != output_location(base, partition, model) else None
-            if marker and marker.get("model", {}).get("version") != model.version:
-                earlier.append(
-                    {"version": marker["model"]["version"], "location": location, "completed_at": marker["completed_at"]}
-                )
+    for folder in list_folder(s3_client, bucket, prefix)[1]:
+        location = f"s3://{bucket}/{folder}"
+        marker = read_marker(s3_client, location) if location != output_location(base, partition, model) else None
+        if marker and marker.get("model", {}).get("version") != model.version:
+            earlier.append(
+                {"version": marker["model"]["version"], "location": location, "completed_at": marker["completed_at"]}
+            )
     return max(earlier, key=lambda m: m["completed_at"], default=None)
 
 
+def find_markers(s3_client, bucket: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every completion marker under a prefix, with the location it completes: (s3://.../, marker)."""
+    found = []
+    for item in list_objects(s3_client, bucket, prefix):
+        if item["Key"].endswith(MARKER_NAME):
+            location = f"s3://{bucket}/{item['Key'][: -len(MARKER_NAME)]}"
+            marker = read_marker(s3_client, location)
+            if marker is not None:
+                found.append((location, marker))
+    return found
+
+
 def read_marker(s3_client, location: str) -> dict[str, Any] | None:
-    bucket, prefix = split_s3_uri(location)
-    try:
-        body = s3_client.get_object(Bucket=bucket, Key=prefix + MARKER_NAME)["Body"].read()
-    except s3_client.exceptions.NoSuchKey:
-        return None
-    return json.loads(body)
+    bucket, prefix = split_uri(location)
+    body = read_bytes(s3_client, bucket, prefix + MARKER_NAME)
+    return None if body is None else json.loads(body)
 
 
 def _write_parts(s3_client, bucket: str, prefix: str, table: pa.Table, part_images: int) -> list[dict[str, Any]]:
@@ -115,7 +123,7 @@ def _write_parts(s3_client, bucket: str, prefix: str, table: pa.Table, part_imag
 
 def _write_objects(s3_client, bucket: str, prefix: str, table: pa.Table) -> list[dict[str, Any]]:
     def put(line: bytes) -> dict[str, Any]:
-        image_bucket, image_key = split_s3_uri(json.loads(line)["image"])
+        image_bucket, image_key = split_uri(json.loads(line)["image"])
         key = f"{prefix}objects/{image_bucket}/{image_key}.json"
         s3_client.put_object(Bucket=bucket, Key=key, Body=line, ContentType="application/json")
         return {"key": key, "objects": 1, "bytes": len(line), "sha256": hashlib.sha256(line).hexdigest()}
@@ -125,7 +133,4 @@ def _write_objects(s3_client, bucket: str, prefix: str, table: pa.Table) -> list
 
 
 def _list_keys(s3_client, bucket: str, prefix: str) -> set[str]:
-    keys: set[str] = set()
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.update(item["Key"] for item in page.get("Contents", []))
-    return keys
+    return {item["Key"] for item in list_objects(s3_client, bucket, prefix)}

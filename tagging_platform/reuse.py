@@ -27,10 +27,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 
 from tagging_platform import tags
-from tagging_platform.manifests import split_s3_uri
 from tagging_platform.models import ModelRef
+from tagging_platform.s3 import is_not_found, list_folder, list_objects, split_uri
 
 INDEX_PREFIX = "reuse/"
 
@@ -124,17 +125,16 @@ def earlier_version(s3_client, bucket: str, model: ModelRef, partition: str) -> 
     found = []
     prefix = f"{INDEX_PREFIX}model={model.name}/"
     # One listing of the model's versions (a few), then one HEAD per version: never a listing of every batch.
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            version = common["Prefix"][len(prefix) :].removeprefix("version=").rstrip("/")
-            key = f"{common['Prefix']}partition={partition}.parquet"
-            if version == model.short_version:
-                continue
-            try:
-                found.append((s3_client.head_object(Bucket=bucket, Key=key)["LastModified"], version, key))
-            except s3_client.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                    raise
+    for folder in list_folder(s3_client, bucket, prefix)[1]:
+        version = folder[len(prefix) :].removeprefix("version=").rstrip("/")
+        key = f"{folder}partition={partition}.parquet"
+        if version == model.short_version:
+            continue
+        try:
+            found.append((s3_client.head_object(Bucket=bucket, Key=key)["LastModified"], version, key))
+        except ClientError as exc:
+            if not is_not_found(exc):
+                raise
     if not found:
         return None
     _, version, key = max(found)
@@ -151,7 +151,7 @@ def current_etags(s3_client, uris: list[str], workers: int = 16) -> list[str | N
     found: dict[str, str] = {}
     folders: dict[tuple[str, str], list[str]] = {}
     for uri in uris:
-        bucket, key = split_s3_uri(uri)
+        bucket, key = split_uri(uri)
         folders.setdefault((bucket, key.rpartition("/")[0] + "/" if "/" in key else ""), []).append(key)
     for (bucket, folder), keys in folders.items():
         if len(keys) >= _LIST_AT_LEAST:
@@ -181,17 +181,14 @@ def _listed_etags(s3_client, bucket: str, folder: str, keys: list[str]) -> dict[
 
 def _head_etag(s3_client, uri: str) -> str | None:
     try:
-        bucket, key = split_s3_uri(uri)
+        bucket, key = split_uri(uri)
         return s3_client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
     except Exception:  # noqa: BLE001 - the tagger's own fetch reports what is wrong with the image
         return None
 
 
 def _index_keys(s3_client, bucket: str, model: ModelRef) -> list[str]:
-    keys = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=index_prefix(model)):
-        keys.extend(item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(".parquet"))
-    return keys
+    return [item["Key"] for item in list_objects(s3_client, bucket, index_prefix(model)) if item["Key"].endswith(".parquet")]
 
 
 def _dedupe(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

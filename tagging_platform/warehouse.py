@@ -8,10 +8,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs
 
+from tagging_platform import layout
+from tagging_platform.s3 import arrow_filesystem
 from tagging_platform.settings import Settings
 from tagging_platform.tags import TAG_SCHEMA
 
-TAGS_PREFIX = "assets/image_tags/"
 
 # One row per (image, tag): what most questions about tags are asked of.
 _TAG_LABELS_VIEW = """
@@ -31,28 +32,15 @@ FROM tag_labels, UNNEST(parents) WITH ORDINALITY AS p(parent, level)
 """
 
 
-def filesystem(settings: Settings) -> pyarrow.fs.S3FileSystem:
-    """pyarrow's own S3 client: DuckDB reads through it, so no DuckDB extension is downloaded."""
-    local = settings.deployment == "local"
-    endpoint = settings.s3_endpoint.removeprefix("http://").removeprefix("https://")
-    return pyarrow.fs.S3FileSystem(
-        endpoint_override=endpoint or None,
-        scheme="https" if settings.s3_endpoint.startswith("https") else "http" if endpoint else "https",
-        region=settings.aws_region,
-        access_key="embedded" if local else None,
-        secret_key="embedded" if local else None,
-    )
-
-
 def tag_dataset(settings: Settings, manifests: list[str] | None = None) -> ds.Dataset:
     """Every manifest's tag table (or only the named ones), as one dataset with the stable schema."""
-    fs = filesystem(settings)
-    root = f"{settings.warehouse_bucket}/{TAGS_PREFIX}"
+    fs = arrow_filesystem(settings)
+    root = f"{settings.warehouse_bucket}/{layout.asset_partitions_prefix('image_tags')}"
     if manifests is None:
         selector = pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)
         paths = [f.path for f in fs.get_file_info(selector) if f.path.endswith(".parquet")]
     else:
-        paths = [f"{root}manifest={m}/data.parquet" for m in manifests]
+        paths = [f"{settings.warehouse_bucket}/{layout.asset_table_key('image_tags', m)}" for m in manifests]
     return ds.dataset(sorted(paths), schema=TAG_SCHEMA, format="parquet", filesystem=fs)
 
 

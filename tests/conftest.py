@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tagging_platform import intake, models, photos, publishing
-from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
+from tagging_platform.embedded import EmbeddedS3, free_port
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def embedded_s3(settings: Settings):
 
 @pytest.fixture(scope="session")
 def s3(embedded_s3, settings: Settings):
-    return s3_client(settings)
+    return make_client(settings)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from tagging_platform.api.inference import ModelCache
 from tagging_platform.api.keys import Customer, CustomerStore
 from tagging_platform.api.metrics import ApiMetrics, MetricsMiddleware
 from tagging_platform.dagster_client import DagsterClient
-from tagging_platform.embedded import s3_client
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
 
 log = logging.getLogger("tagging_platform.api")
@@ -255,7 +255,7 @@ class BodyLimit:
 
 def create_app(settings: Settings | None = None, *, dagster: DagsterClient | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    client = s3_client(settings)
+    client = make_client(settings)
     customers = CustomerStore(client, settings)
     batches = Batches(client, settings, customers, dagster or DagsterClient(settings.dagster_url, timeout_s=15))
     metrics = ApiMetrics()

@@ -9,6 +9,7 @@ what keeps one customer away from another's batches.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -20,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tagging_platform import models, publishing
+from tagging_platform import layout, models, publishing
 from tagging_platform.api.errors import ApiError
 from tagging_platform.api.keys import Customer, CustomerStore
 from tagging_platform.dagster_client import DagsterClient, DagsterError
@@ -29,8 +30,8 @@ from tagging_platform.manifests import (
     ManifestError,
     parse_manifest,
     partition_key_for,
-    split_s3_uri,
 )
+from tagging_platform.s3 import S3UriError, is_not_found, list_objects, read_bytes, split_uri
 from tagging_platform.settings import Settings
 
 JOB = "tag_manifest"
@@ -142,8 +143,8 @@ class Batches:
 
     def _read_manifest(self, customer: Customer, uri: str) -> Manifest:
         try:
-            bucket, key = split_s3_uri(uri)
-        except ManifestError as exc:
+            bucket, key = split_uri(uri)
+        except S3UriError as exc:
             raise ApiError(422, "invalid_manifest", f'field "manifest": {exc}', {"field": "manifest"}) from None
         if not key or key.endswith("/") or not customer.may_read(uri, self.settings.allowed_image_prefixes):
             raise ApiError(
@@ -154,7 +155,7 @@ class Batches:
         try:
             response = self.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+            if is_not_found(exc):
                 raise ApiError(422, "manifest_not_found", f"{uri[:200]} does not exist", {"field": "manifest"}) from None
             raise
         if response["ContentLength"] > limit:
@@ -191,19 +192,16 @@ class Batches:
         """The customer's own record of a batch; another customer's batch is as unknown as a missing one."""
         if not BATCH_ID.match(batch_id):
             raise ApiError(404, "batch_not_found", f"no batch {batch_id[:200]!r}")
-        try:
-            body = self.s3.get_object(Bucket=self.settings.warehouse_bucket, Key=self._record_key(customer, batch_id))
-        except self.s3.exceptions.NoSuchKey:
-            raise ApiError(404, "batch_not_found", f"no batch {batch_id!r}") from None
-        return json.loads(body["Body"].read())
+        body = read_bytes(self.s3, self.settings.warehouse_bucket, self._record_key(customer, batch_id))
+        if body is None:
+            raise ApiError(404, "batch_not_found", f"no batch {batch_id!r}")
+        return json.loads(body)
 
     def list(self, customer: Customer, limit: int) -> list[dict[str, Any]]:
         """The customer's batches, newest first (batch ids start with the submission time)."""
         prefix = self.customers.batches_prefix(customer.name)
-        keys = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.settings.warehouse_bucket, Prefix=prefix):
-            keys += [item["Key"] for item in page.get("Contents", [])]
-        keys = sorted(keys, reverse=True)[:limit]
+        keys = sorted((item["Key"] for item in list_objects(self.s3, self.settings.warehouse_bucket, prefix)), reverse=True)
+        keys = keys[:limit]
         with ThreadPoolExecutor(8) as pool:
             bodies = pool.map(
                 lambda k: self.s3.get_object(Bucket=self.settings.warehouse_bucket, Key=k)["Body"].read(), keys
@@ -232,7 +230,7 @@ class Batches:
                     "marker": marker["location"] + publishing.MARKER_NAME,
                     "format": marker["format"],
                     "objects": marker["objects"],
-                    "parts": [f"s3://{split_s3_uri(marker['location'])[0]}/{p['key']}" for p in marker.get("parts", [])],
+                    "parts": [f"s3://{split_uri(marker['location'])[0]}/{p['key']}" for p in marker.get("parts", [])],
                 }
             if state == "succeeded" and marker is None:
                 state, error = "failed", {"step": None, "message": "the run finished but published no completion marker"}
@@ -298,24 +296,17 @@ class Batches:
 
     def _marker(self, record: dict[str, Any], run_id: str) -> dict[str, Any] | None:
         """The completion marker this run published under the batch's output (any model version)."""
-        bucket, prefix = split_s3_uri(f"{record['output']}{record['batch_id']}/")
-        found = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            found += [item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(publishing.MARKER_NAME)]
-        markers = [publishing.read_marker(self.s3, f"s3://{bucket}/{key[: -len(publishing.MARKER_NAME)]}") for key in found]
-        markers = [m for m in markers if m is not None]
+        bucket, prefix = split_uri(f"{record['output']}{record['batch_id']}/")
+        markers = [marker for _, marker in publishing.find_markers(self.s3, bucket, prefix)]
         own = [m for m in markers if m.get("run_id") == run_id]
         return (own or sorted(markers, key=lambda m: m.get("completed_at", "")))[-1] if (own or markers) else None
 
     def _chunk_counts(self, batch_id: str, record: dict[str, Any]) -> dict[str, int]:
         """Live counts while a run is under way: the figures each finished chunk stored with its result."""
         bucket = self.settings.warehouse_bucket
-        prefix = f"chunks/partition={batch_id}/"
-        keys: list[str] = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys += [item["Key"] for item in page.get("Contents", [])]
-            if len(keys) >= _MAX_CHUNKS_READ:
-                break
+        keys = [item["Key"] for item in itertools.islice(
+            list_objects(self.s3, bucket, layout.chunks_prefix(batch_id)), _MAX_CHUNKS_READ
+        )]
 
         def figures(key: str) -> dict[str, Any]:
             try:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from tagging_platform.manifests import ManifestError, split_s3_uri
+from tagging_platform.s3 import S3UriError, read_bytes, split_uri
 from tagging_platform.settings import Settings
 
 CUSTOMER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}\Z")
@@ -62,8 +62,8 @@ def _as_uri_prefix(entry: str) -> str:
 def normalise_prefix(value: str, allowed: Sequence[str], what: str) -> str:
     """An s3:// location ending with "/" inside one of the `allowed` settings entries, or CustomerError."""
     try:
-        bucket, key = split_s3_uri(value)
-    except ManifestError as exc:
+        bucket, key = split_uri(value)
+    except S3UriError as exc:
         raise CustomerError(f"{what} {value!r}: {exc}") from None
     if ".." in key.split("/") or "." in key.split("/"):
         raise CustomerError(f"{what} {value!r}: no '.' or '..' segments")
@@ -161,11 +161,8 @@ class CustomerStore:
         return record
 
     def _read(self, customer: str) -> dict | None:
-        try:
-            body = self.s3.get_object(Bucket=self.settings.warehouse_bucket, Key=self.record_key(customer))["Body"].read()
-        except self.s3.exceptions.NoSuchKey:
-            return None
-        return json.loads(body)
+        body = read_bytes(self.s3, self.settings.warehouse_bucket, self.record_key(customer))
+        return None if body is None else json.loads(body)
 
 
 def _customer(record: dict) -> Customer:

@@ -34,11 +34,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
 def create_key(customer: str, output_prefixes: list[str], image_prefixes: list[str], rotate: bool) -> int:
     from tagging_platform.api.keys import CustomerError, CustomerStore
-    from tagging_platform.embedded import s3_client
+    from tagging_platform.s3 import make_client
 
     settings = Settings.from_env()
     try:
-        key, created = CustomerStore(s3_client(settings), settings).create(
+        key, created = CustomerStore(make_client(settings), settings).create(
             customer, output_prefixes, image_prefixes, rotate=rotate
         )
     except CustomerError as exc:

@@ -22,7 +22,8 @@ import pytest
 
 from tagging_platform import local, photos, publishing
 from tagging_platform.dagster_client import DagsterClient
-from tagging_platform.embedded import EmbeddedS3, free_port, s3_client
+from tagging_platform.embedded import EmbeddedS3, free_port
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 from tests.conftest import REPO
@@ -82,7 +83,7 @@ class FaultPlatform:
         return {**os.environ, **PROCESS_ENV, **self.settings.as_env(), "DAGSTER_HOME": str(self.home)}
 
     def s3(self):
-        return s3_client(self.direct)
+        return make_client(self.direct)
 
     def start(self) -> FaultPlatform:
         self._s3_server = EmbeddedS3(self.s3_port).start(self.direct)

@@ -3,13 +3,13 @@
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
-from dagster_aws.s3 import S3Resource
+from resources.s3 import PlatformS3Resource
 
 from resources.warehouse_io_manager import WarehouseIOManager
 
 
 def _manager(settings):
-    s3 = S3Resource(endpoint_url=settings.s3_endpoint, aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = PlatformS3Resource.from_settings(settings)
     return WarehouseIOManager(s3=s3, bucket=settings.warehouse_bucket, prefix="io-test/")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tagging_platform.embedded import aws_client
+from tagging_platform.s3 import make_client
 from tagging_platform.events import configure_notifications
 from tagging_platform.manifests import partition_key_for
 from tagging_platform.settings import PROCESS_ENV, Settings
@@ -50,7 +50,7 @@ def test_a_daemon_killed_before_deleting_the_message_starts_no_second_run(embedd
         "TP_QUEUE_VISIBILITY_S": "4",
     }
     settings = Settings.from_env({**os.environ, **overrides})
-    sqs = aws_client("sqs", settings)
+    sqs = make_client(settings, "sqs")
     queue_url = configure_notifications(s3, sqs, settings)
     for message in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
         sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])  # S3's test event

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from tagging_platform import intake
-from tagging_platform.embedded import aws_client
+from tagging_platform.s3 import make_client
 from tagging_platform.events import configure_notifications
 from tagging_platform.settings import Settings
 
@@ -26,7 +26,7 @@ def events_settings(embedded_s3, s3):
         {**os.environ, "TP_INTAKE": "events", "TP_MANIFEST_PREFIX": "events/", "TP_MAX_RECEIVES": "2",
          "TP_QUEUE_VISIBILITY_S": "30"}
     )
-    configure_notifications(s3, aws_client("sqs", settings), settings)
+    configure_notifications(s3, make_client(settings, "sqs"), settings)
     yield settings
     s3.put_bucket_notification_configuration(Bucket=settings.manifest_bucket, NotificationConfiguration={})
 
@@ -40,7 +40,7 @@ def events_definitions(events_settings):
 
 @pytest.fixture(scope="module")
 def sqs(events_settings):
-    return aws_client("sqs", events_settings)
+    return make_client(events_settings, "sqs")
 
 
 @pytest.fixture

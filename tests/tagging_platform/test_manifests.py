@@ -18,7 +18,6 @@ from tagging_platform.manifests import (
     ManifestError,
     parse_manifest,
     partition_key_for,
-    split_s3_uri,
 )
 
 ALLOWED = ("images", "photos/2024/")
@@ -439,28 +438,6 @@ def test_error_messages_show_long_or_unprintable_values_safely():
     message = rejection(native(["s3://other/" + "x" * 10_000]))
     assert len(message) < 400
     assert "\x01" not in rejection(native(["s3://images/a\x01.jpg"]))
-
-
-# split_s3_uri
-
-
-@pytest.mark.parametrize(
-    ("uri", "parts"),
-    [
-        ("s3://b/k/x.jpg", ("b", "k/x.jpg")),
-        ("s3://tags/published/batch/", ("tags", "published/batch/")),
-        ("s3://tags/", ("tags", "")),
-        ("s3://tags", ("tags", "")),
-    ],
-)
-def test_split_s3_uri_gives_bucket_and_key(uri, parts):
-    assert split_s3_uri(uri) == parts
-
-
-@pytest.mark.parametrize("uri", ["", "s3://", "s3:///k", "http://b/k", "b/k", "S3://b/k", "s3:/b/k", "s3://b c/k"])
-def test_split_s3_uri_rejects_anything_else(uri):
-    with pytest.raises(ManifestError):
-        split_s3_uri(uri)
 
 
 # partition_key_for

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tagging_platform import tags, warehouse
+from tagging_platform import layout, tags, warehouse
 
 
 # What the ImageNet models' cards give these classes (tagging_platform.taxonomy), shortened.
@@ -38,7 +38,7 @@ def two_manifests(s3, settings):
     }
     for partition, rows in tables.items():
         body = tags.to_parquet_bytes(tags.tag_table(rows))
-        s3.put_object(Bucket=settings.warehouse_bucket, Key=f"{warehouse.TAGS_PREFIX}manifest={partition}/data.parquet", Body=body)
+        s3.put_object(Bucket=settings.warehouse_bucket, Key=layout.asset_table_key("image_tags", partition), Body=body)
     return first, second
 
 
