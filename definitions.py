@@ -23,7 +23,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
             }
         )
     # Each step process forks from a server that has imported the definitions once, instead of importing
-    # dagster, pandas, pyarrow, boto3 and the platform again: about 2 s less per step on this machine's CPU.
+    # dagster, pandas, pyarrow, boto3 and the platform again for every step.
     return dg.multiprocess_executor.configured(
         {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": ["definitions"]}}}
     )

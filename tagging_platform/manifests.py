@@ -67,7 +67,7 @@ class Manifest:
 
     source: str
     format: str
-    # One Arrow column rather than a tuple of str: ten million Python strings would take about 1 GB.
+    # One Arrow column rather than a tuple of str: a Python string per image would dominate the memory.
     image_uris: pa.ChunkedArray
     model: str | None
     output: str | None

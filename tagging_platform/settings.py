@@ -11,12 +11,11 @@ EMBEDDED_S3_PORT = 9555
 
 # Read by glibc and OpenMP when a process starts, so they are set in the environment of every step
 # process (local), pod (k8s executor) and image, never left to the user. Without them glibc returns
-# the model's buffers to the kernel after every forward pass and idle OpenMP threads spin on the
-# cores that fetch and decode need: each costs up to 3x on a small CPU. Since nothing is trimmed, each
-# of glibc's per-thread arenas keeps its own high-water mark: two arenas for all the fetch and decode
-# threads kept a chunk's peak 155 MB lower (1,522 -> 1,367 MB) at the same images/s. pyarrow's own
-# allocator (mimalloc) would take fresh memory for the chunk's table while glibc's heap holds what
-# decoding freed; on glibc's heap the table reuses it (a 4,000-image chunk: 1,495 -> 1,421 MB).
+# the model's buffers to the kernel after every forward pass, and idle OpenMP threads spin on the
+# cores that fetch and decode need. Since nothing is trimmed, each of glibc's per-thread arenas would
+# keep its own high-water mark, so the fetch and decode threads share two. pyarrow allocates on glibc's
+# heap, so the chunk's table reuses what decoding freed instead of taking fresh memory.
+# The figures behind each setting are in docs/benchmarks.md (process settings).
 PROCESS_ENV = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": "100000000000",
