@@ -1,4 +1,4 @@
-"""The README's query examples, run as written against the demo's photographs, print what the README shows."""
+"""The query examples of docs/querying.md, run as written against the demo's photographs, print what it shows."""
 
 import os
 import re
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def readme_examples() -> list[tuple[str, str]]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "querying.md").read_text()
     section = text[text.index("<!-- queries:"):text.index("<!-- end of queries -->")]
     return re.findall(r"```sh\n(.+?)\n```\n```text\n(.*?)\n```", section, flags=re.DOTALL)
 
