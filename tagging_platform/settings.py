@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_S3_PORT = 9555
 
@@ -30,30 +31,32 @@ class SettingsError(ValueError):
     """An environment variable holds a value the platform cannot use; the message names the variable."""
 
 
-def _split_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
+ENV_PREFIX = "TP_"
+# A list setting is written as comma-separated items in its variable, not as JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Every knob of the platform. Each field is read from `TP_<FIELD NAME IN CAPITALS>`.
 
     The defaults are the embedded (`local`) deployment: an S3-compatible server on loopback and
     buckets named after their role. Production (`k8s`) sets the S3 endpoint empty (AWS) and names
-    real buckets.
+    real buckets. Booleans take true/false (or 1/0, yes/no); lists are comma-separated.
     """
 
-    deployment: str = "local"
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    deployment: Literal["local", "k8s"] = "local"
     # Empty means AWS. The local deployment talks to the embedded server on this port by default.
     s3_endpoint: str = f"http://127.0.0.1:{EMBEDDED_S3_PORT}"
     aws_region: str = "us-east-1"
     manifest_bucket: str = "manifests"
     manifest_prefix: str = "incoming/"
     # "bucket" allows a whole bucket, "bucket/prefix/" a part of one.
-    allowed_image_prefixes: tuple[str, ...] = ("images",)
+    allowed_image_prefixes: CommaList = ("images",)
     output_bucket: str = "tags"
     output_prefix: str = "published/"
-    allowed_output_prefixes: tuple[str, ...] = ("tags",)
+    allowed_output_prefixes: CommaList = ("tags",)
     warehouse_bucket: str = "warehouse"
     model_bucket: str = "models"
     default_model: str = "mobilenet_v2"
@@ -78,7 +81,7 @@ class Settings:
     # What one GPU-hour of the pool costs, for the cost `tagging-platform retag` estimates before re-tagging.
     gpu_hour_usd: float = 2.5
     # Published output: JSON Lines parts of this many objects, or one object per image.
-    publish_format: str = "jsonl"
+    publish_format: Literal["jsonl", "objects"] = "jsonl"
     publish_part_images: int = 10_000
     # Engine.
     batch_size: int = 32
@@ -86,7 +89,7 @@ class Settings:
     device: str = "auto"
     # Intake: "listing" lists the manifest bucket with a cursor; "events" reads the bucket's S3 event
     # notifications from an SQS queue (production with large buckets: nothing is listed).
-    intake: str = "listing"
+    intake: Literal["listing", "events"] = "listing"
     sensor_interval_s: int = 5
     sensor_max_keys_per_tick: int = 10_000
     # A listing tick also stops after the page during which this many seconds ran out, far from Dagster's
@@ -126,14 +129,14 @@ class Settings:
     # Loaded models an API process keeps (least recently used goes first), and how long an unused one stays.
     api_model_cache: int = 2
     api_model_idle_s: int = 900
-    # 1: load the default model when the API starts, so the first POST /v1/tag is fast; 0: on first use.
-    api_preload_default_model: int = 1
+    # Load the default model when the API starts, so the first POST /v1/tag is fast; false: on first use.
+    api_preload_default_model: bool = True
     # Customers and their hashed API keys, in the warehouse bucket.
     api_customers_prefix: str = "api/customers/"
     # The canary (tagging_platform/canary.py): on this cron schedule (UTC) known photographs are tagged as a
-    # batch of their own and the published tags compared with expectations a person wrote. 0: the schedule
-    # starts stopped (the demo; it can still be started from the UI).
-    canary_enabled: int = 1
+    # batch of their own and the published tags compared with expectations a person wrote. false: the
+    # schedule starts stopped (the demo; it can still be started from the UI).
+    canary_enabled: bool = True
     canary_cron: str = "*/30 * * * *"
     # Where the schedule uploads the canary's photographs; must be inside the allowed image locations.
     canary_image_prefix: str = "s3://images/canary/"
@@ -142,58 +145,72 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in dataclasses.fields(cls):
-            name = f"TP_{f.name.upper()}"
-            if name not in environ:
-                continue
-            values[f.name] = _convert(name, environ[name], f)
-        if environ.get("TP_DEPLOYMENT", "local") != "local" and "TP_S3_ENDPOINT" not in environ:
-            values["s3_endpoint"] = ""
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        """The settings of this process's environment, or of `environ` alone when it is given."""
+        try:
+            if environ is None:
+                return cls()
+            values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
 
-    def validate(self) -> None:
-        if self.deployment not in ("local", "k8s"):
-            raise SettingsError(f"TP_DEPLOYMENT must be 'local' or 'k8s', not {self.deployment!r}")
-        if self.intake not in ("listing", "events"):
-            raise SettingsError(f"TP_INTAKE must be 'listing' or 'events', not {self.intake!r}")
-        if self.publish_format not in ("jsonl", "objects"):
-            raise SettingsError(
-                f"TP_PUBLISH_FORMAT must be 'jsonl' or 'objects', not {self.publish_format!r}"
-            )
+    @classmethod
+    def variable_names(cls) -> set[str]:
+        return {f"{ENV_PREFIX}{name.upper()}" for name in cls.model_fields}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _split_comma_lists(cls, value: Any, info) -> Any:
+        if isinstance(value, str) and cls.model_fields[info.field_name].annotation == tuple[str, ...]:
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aws_endpoint_outside_local(cls, values: Any) -> Any:
+        """Outside the local deployment S3 is AWS unless an endpoint is given."""
+        if isinstance(values, dict) and values.get("deployment", "local") != "local" and "s3_endpoint" not in values:
+            return {**values, "s3_endpoint": ""}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
-            raise SettingsError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
+            raise ValueError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
         for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):
             value = getattr(self, name)
             if value and not value.endswith("/"):
-                raise SettingsError(f"TP_{name.upper()} must end with '/': {value!r}")
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must end with '/': {value!r}")
+        return self
 
     @property
     def output_root(self) -> str:
         return f"s3://{self.output_bucket}/{self.output_prefix}"
 
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, validated like any other settings."""
+        return type(self).from_env({**self.as_env(), **{f"{ENV_PREFIX}{k.upper()}": _env_value(v) for k, v in changes.items()}})
+
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in another process (a step, a pod)."""
-        env = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            env[f"TP_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
-        return env
+        return {f"{ENV_PREFIX}{name.upper()}": _env_value(getattr(self, name)) for name in type(self).model_fields}
 
 
-def _convert(name: str, raw: str, f: dataclasses.Field) -> object:
-    kind = type(f.default) if f.default is not dataclasses.MISSING else str
-    try:
-        if kind is tuple:
-            return _split_list(raw)
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
-    return raw
+def _env_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
+
+def _explain(exc: ValidationError) -> str:
+    """pydantic's errors as the variables an operator sets: `TP_BATCH_SIZE: ... not 'x'`."""
+    problems = []
+    for error in exc.errors():
+        field = error["loc"][0] if error["loc"] else None
+        if isinstance(field, str):
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}, not {error['input']!r}")
+        else:
+            problems.append(error["msg"].removeprefix("Value error, "))
+    return "; ".join(problems)

@@ -4,7 +4,6 @@ the embedded S3 server and `dagster dev` as well, a `demo` customer and photogra
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import tempfile
@@ -61,7 +60,7 @@ def run_dev(workspace: Path, host: str, port: int, s3_port: int, dagster_port: i
     platform = LocalPlatform(workspace, s3_port=s3_port, ui_port=dagster_port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with platform:
-        settings = dataclasses.replace(platform.settings, dagster_url=platform.ui_url, api_host=host, api_port=port)
+        settings = platform.settings.replace(dagster_url=platform.ui_url, api_host=host, api_port=port)
         client = platform.s3()
         key, customer = CustomerStore(client, settings).create(DEV_CUSTOMER, rotate=True)
         scratch = Path(tempfile.gettempdir()) / "tagging-platform-api"

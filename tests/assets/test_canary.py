@@ -105,7 +105,7 @@ def test_the_canary_fails_with_the_image_and_the_expected_and_actual_tags_when_a
             entry.update(any_tag=["espresso"], any_parent=[])
     changed = tmp_path / "canary.json"
     changed.write_text(json.dumps({"photographs": shipped}))
-    changed_settings = dataclasses.replace(settings, canary_expectations=str(changed), metrics_pushgateway=pushgateway)
+    changed_settings = settings.replace(canary_expectations=str(changed), metrics_pushgateway=pushgateway)
     tags = _canary_run_tags(definitions, instance)
 
     # In one process: the settings (the changed file) travel with the definitions, not the environment.

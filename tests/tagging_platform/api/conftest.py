@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -80,8 +79,8 @@ def dagster_webserver(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api_settings(settings: Settings, embedded_s3, dagster_webserver) -> Settings:
-    return dataclasses.replace(
-        settings, dagster_url=dagster_webserver[0], api_max_body_bytes=MAX_BODY, api_max_tag_images=3
+    return settings.replace(
+        dagster_url=dagster_webserver[0], api_max_body_bytes=MAX_BODY, api_max_tag_images=3
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -107,7 +106,7 @@ def test_every_dagster_run_status_maps_to_a_batch_state():
 def test_status_is_503_when_dagster_is_unreachable(api_settings, keys, submitted):
     import requests
 
-    settings = dataclasses.replace(api_settings, dagster_url=f"http://127.0.0.1:{free_port()}")
+    settings = api_settings.replace(dagster_url=f"http://127.0.0.1:{free_port()}")
     with ApiServer(create_app(settings)) as server:
         response = requests.get(
             f"{server.url}/v1/batches/{submitted['batch_id']}", headers={"X-API-Key": keys["acme"]}, timeout=60

@@ -3,7 +3,6 @@ sensors, the real model) and its status, followed over HTTP, ends `succeeded` wi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.e2e
 def test_a_batch_submitted_over_http_ends_succeeded_with_published_tags(tmp_path):
     overrides = {"TP_MAX_CHUNK_IMAGES": "2", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2"}
     with LocalPlatform(REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home") as platform:
-        settings = dataclasses.replace(platform.settings, dagster_url=platform.ui_url)
+        settings = platform.settings.replace(dagster_url=platform.ui_url)
         client = platform.s3()
         key, _ = CustomerStore(client, settings).create("e2e", ["s3://tags/e2e/"])
         headers = {"Authorization": f"Bearer {key}"}

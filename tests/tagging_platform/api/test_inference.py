@@ -21,7 +21,7 @@ def second_ref(s3, settings, model_ref):
 
 
 def test_loads_once_then_reuses_and_evicts_least_recently_used(s3, settings, model_ref, second_ref):
-    cache = ModelCache(s3, dataclasses.replace(settings, api_model_cache=1))
+    cache = ModelCache(s3, settings.replace(api_model_cache=1))
     results = []
     threads = [threading.Thread(target=lambda: results.append(cache.get(model_ref))) for _ in range(3)]
     for thread in threads:
@@ -35,7 +35,7 @@ def test_loads_once_then_reuses_and_evicts_least_recently_used(s3, settings, mod
 
 
 def test_idle_models_are_dropped(s3, settings, model_ref):
-    cache = ModelCache(s3, dataclasses.replace(settings, api_model_idle_s=60))
+    cache = ModelCache(s3, settings.replace(api_model_idle_s=60))
     cache.get(model_ref)
     assert cache.evict_idle() == []
     import time

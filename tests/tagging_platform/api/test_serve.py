@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -57,7 +56,7 @@ def test_the_deployment_runs_that_command_safely_and_autoscales():
     assert container["resources"]["requests"] and container["resources"]["limits"]
     # Every TP_* variable set there is a real setting, and the values parse.
     env = {e["name"]: e["value"] for e in container["env"]}
-    fields = {f"TP_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    fields = Settings.variable_names()
     assert {name for name in env if name.startswith("TP_")} <= fields
     settings = Settings.from_env({**{k: v for k, v in env.items() if k.startswith("TP_")}, "TP_DEPLOYMENT": "k8s"})
     assert settings.api_port == int(container["ports"][0]["containerPort"]) == 8080
