@@ -42,6 +42,7 @@ _BAD_KEY_CHARS = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\\"
 _IMAGE_URI = re.compile(rf"s3://{BUCKET_PATTERN}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}/]\Z")
 _BAD_KEY_CHAR = re.compile(rf"[{_BAD_KEY_CHARS}]")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?=/|\Z)")
+_WHOLE_DOT_SEGMENT = re.compile(r"/\.\.?/")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON_SPACE_BYTES = re.compile(rb"[ \t\n\r]*")
 _DECODER = json.JSONDecoder(parse_constant=lambda name: _no_constant(name))
@@ -460,7 +461,7 @@ def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
         raise ManifestError(
             'a JSON array manifest is a SageMaker manifest: its first element must be {"prefix": "s3://bucket/path/"}'
         )
-    prefix = _location(head["prefix"], 'the "prefix" element')
+    prefix = _sagemaker_prefix(head["prefix"])
     for number, key in enumerate(items[1:], 1):
         if type(key) is not str:
             raise ManifestError(f"entry {number}: expected a key relative to the prefix, got a JSON {_json_type(key)}")
@@ -475,6 +476,25 @@ def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
         items[start:stop] = [None] * (stop - start)
         column.add(uris)
     return Manifest(source, "sagemaker", column.finish(), None, None, None)
+
+
+def _sagemaker_prefix(prefix: str) -> str:
+    """The prefix as given: SageMaker appends each key to it as a string, so it need not end with "/".
+
+    Only what would spoil every image is refused here, naming the prefix; the URIs it makes are
+    checked one by one like any other image URI.
+    """
+    what = 'the "prefix" element'
+    try:
+        _, key = split_s3_uri(prefix)
+    except ManifestError as exc:
+        raise ManifestError(f"{what}: {exc}") from None
+    # Only a whole "." or ".." segment, one that a "/" ends: "s3://b/a." + "x.jpg" is a plain name.
+    if _BAD_KEY_CHAR.search(key) or _WHOLE_DOT_SEGMENT.search("/" + key):
+        raise ManifestError(f"{what}: {_key_problem(prefix, key)}")
+    if len(key) > _SHORT_URI and len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ManifestError(f"{what}: {_show(prefix)}: the key is longer than S3's limit of {MAX_KEY_BYTES} bytes")
+    return prefix
 
 
 def _column(uris: list, rules: _Rules) -> pa.ChunkedArray:

@@ -103,13 +103,29 @@ def test_other_formats_ask_for_no_model_output_or_id():
         assert (manifest.model, manifest.output, manifest.id) == (None, None, None)
 
 
-def test_sagemaker_prefix_gains_a_trailing_slash_and_keys_are_appended_to_it():
-    manifest = parse(sagemaker("s3://photos/2024", ["x/1.jpg", "2.jpg"]))
-    assert manifest.images == ("s3://photos/2024/x/1.jpg", "s3://photos/2024/2.jpg")
+def test_sagemaker_appends_each_key_to_the_prefix_as_a_string():
+    manifest = parse(sagemaker("s3://photos/2024/cat_", ["001.jpg", "x/2.jpg"]))
+    assert manifest.images == ("s3://photos/2024/cat_001.jpg", "s3://photos/2024/cat_x/2.jpg")
 
 
-def test_sagemaker_prefix_that_already_ends_with_a_slash_is_not_doubled():
+def test_sagemaker_prefix_that_ends_with_a_slash_is_not_doubled():
     assert parse(sagemaker("s3://photos/2024/", ["1.jpg"])).images == ("s3://photos/2024/1.jpg",)
+
+
+def test_sagemaker_empty_key_makes_the_prefix_itself_the_image():
+    # SageMaker's own data-capture manifests name whole objects this way.
+    data = sagemaker("s3://photos/2024/a.jpg", [""])
+    assert parse(data).images == ("s3://photos/2024/a.jpg",)
+
+
+def test_sagemaker_image_made_by_concatenation_is_validated_naming_the_entry():
+    assert rejection(sagemaker("s3://images", ["a.jpg"])) == (
+        "entry 1: s3://imagesa.jpg has no key: it names a bucket, not an image"
+    )
+    assert rejection(sagemaker("s3://images/sub/", ["a.jpg", ""])) == (
+        "entry 2: s3://images/sub/ ends with /: it names a folder, not an image"
+    )
+    assert rejection(sagemaker("s3://images/a", [".jpg", ".jpg"])) == "entry 2 repeats entry 1: s3://images/a.jpg"
 
 
 def test_jsonl_skips_blank_lines_and_ignores_other_keys():
@@ -510,12 +526,33 @@ def test_any_valid_unique_keys_read_the_same_in_all_three_formats(keys, compress
     uris = ["s3://photos/2024/" + key for key in keys]
     encodings = [
         json.dumps({"images": uris}).encode(),
-        json.dumps([{"prefix": "s3://photos/2024"}, *keys]).encode(),
+        json.dumps([{"prefix": "s3://photos/2024/"}, *keys]).encode(),
         "\n".join(json.dumps({"source-ref": uri}, ensure_ascii=False) for uri in uris).encode(),
     ]
     for data in encodings:
         manifest = parse(gzip.compress(data) if compressed else data)
         assert manifest.images == tuple(uris)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=30), st.lists(st.text(max_size=12), max_size=6))
+def test_a_sagemaker_manifest_lists_prefix_plus_key_or_is_refused_as_those_uris_would_be(tail, keys):
+    """SageMaker's rule: image = prefix + key, as strings, and nothing else (no "/" inserted, none removed)."""
+    prefix = "s3://photos/" + tail
+    uris = [prefix + key for key in keys]
+    try:
+        expected = parse(native(uris)).images
+    except ManifestError as exc:
+        expected = exc
+    try:
+        images = parse(sagemaker(prefix, keys)).images
+    except ManifestError as exc:
+        # The same URI list is refused with the same message, unless the prefix alone is already refused.
+        assert isinstance(expected, ManifestError) or str(exc).startswith('the "prefix" element: ')
+        if not str(exc).startswith('the "prefix" element: '):
+            assert str(exc) == str(expected)
+        return
+    assert images == expected == tuple(uris)
 
 
 def _outcome(data: bytes):
