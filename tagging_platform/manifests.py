@@ -138,7 +138,7 @@ def parse_manifest(
     except ValueError as exc:
         # A JSON Lines file is not one JSON value, so it lands here; other broken JSON gets the parser's
         # own message, which says at which line and column the document breaks.
-        if not (text.startswith("{", start) and _first_line_is_jsonl(text, start)):
+        if not _looks_like_jsonl(text, start):
             raise ManifestError(f"not valid JSON: {exc}") from None
         return _jsonl([text], source, rules)
     first_line = text.count("\n", 0, start) + 1
@@ -418,13 +418,38 @@ def _key_too_long(uri: str) -> bool:
     return len(uri.partition("/")[2].partition("/")[2].partition("/")[2].encode("utf-8")) > MAX_KEY_BYTES
 
 
-def _first_line_is_jsonl(text: str, start: int) -> bool:
-    end = text.find("\n", start)
+def _looks_like_jsonl(text: str, start: int) -> bool:
+    """Whether text that is not one JSON value is meant as JSON Lines, so that its errors name a line.
+
+    It is when its first line or the next non-blank one is an object with "source-ref", or when its
+    first line is a whole object (one without "images": that is a native manifest with something
+    after it) and another line follows.
+    """
+    lines = list(_first_lines(text, start, 2))
+    objects = [_line_object(line) for line in lines]
+    if any(obj is not None and "source-ref" in obj for obj in objects):
+        return True
+    return len(lines) == 2 and objects[0] is not None and "images" not in objects[0]
+
+
+def _first_lines(text: str, start: int, count: int) -> Iterator[str]:
+    """The first `count` non-blank lines from `start`, without copying the rest of a large text."""
+    while count and start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
+        if line.strip():
+            count -= 1
+            yield line
+        start = end + 1
+
+
+def _line_object(line: str) -> dict | None:
     try:
-        obj = json.loads(text[start : end if end >= 0 else len(text)], parse_constant=_no_constant)
+        obj = json.loads(line, parse_constant=_no_constant)
     except (ValueError, RecursionError):
-        return False
-    return isinstance(obj, dict) and "source-ref" in obj
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _native(obj: dict, source: str, rules: _Rules) -> Manifest:
