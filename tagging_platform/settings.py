@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,8 +27,34 @@ PROCESS_ENV = {
 }
 
 
+# How tags are published: JSON Lines parts or one object per image of the platform's own tag objects, or
+# parts of DetectLabels responses ("rekognition") or of a Ground Truth output manifest ("groundtruth").
+PUBLISH_FORMATS = ("jsonl", "objects", "rekognition", "groundtruth")
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the platform cannot use; the message names the variable."""
+
+
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_BAD_PREFIX_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def allowed_location(entry: str) -> str:
+    """An allow-list entry, "s3://bucket/prefix/" or "bucket/prefix/" alike, as "bucket" or "bucket/prefix/".
+
+    An entry is a folder: "bucket/in" means "bucket/in/", so it does not admit "bucket/inbox/...".
+    Anything that is not a bucket with an optional prefix raises ValueError saying why.
+    """
+    path = entry.strip().removeprefix("s3://")
+    if "://" in path:
+        raise ValueError(f"{entry!r} is not an s3:// location")
+    bucket, _, prefix = path.partition("/")
+    if not _BUCKET_NAME.match(bucket):
+        raise ValueError(f"{entry!r}: {bucket!r} is not a bucket name")
+    if _BAD_PREFIX_CHAR.search(prefix) or {".", ".."} & set(prefix.split("/")):
+        raise ValueError(f"{entry!r}: the prefix holds a control character, a backslash or a '.' or '..' segment")
+    return f"{bucket}/{prefix.rstrip('/')}/" if prefix.strip("/") else bucket
 
 
 def _split_list(raw: str) -> tuple[str, ...]:
@@ -49,7 +76,7 @@ class Settings:
     aws_region: str = "us-east-1"
     manifest_bucket: str = "manifests"
     manifest_prefix: str = "incoming/"
-    # "bucket" allows a whole bucket, "bucket/prefix/" a part of one.
+    # "bucket" allows a whole bucket, "bucket/prefix/" (or "s3://bucket/prefix/") the folder "prefix/" of one.
     allowed_image_prefixes: tuple[str, ...] = ("images",)
     output_bucket: str = "tags"
     output_prefix: str = "published/"
@@ -77,7 +104,8 @@ class Settings:
     max_chunk_images: int = 50_000
     # What one GPU-hour of the pool costs, for the cost `tagging-platform retag` estimates before re-tagging.
     gpu_hour_usd: float = 2.5
-    # Published output: JSON Lines parts of this many objects, or one object per image.
+    # Published output (PUBLISH_FORMATS; a native manifest's "output_format" overrides it): parts of this many
+    # records, or one object per image.
     publish_format: str = "jsonl"
     publish_part_images: int = 10_000
     # Engine.
@@ -140,6 +168,16 @@ class Settings:
     # An expectations file shaped like tagging_platform/data/canary.json; empty: that file.
     canary_expectations: str = ""
 
+    def __post_init__(self) -> None:
+        # Entries are kept in one form, so that every reader (manifests, the API, the embedded server) agrees.
+        for name in ("allowed_image_prefixes", "allowed_output_prefixes"):
+            try:
+                object.__setattr__(self, name, tuple(allowed_location(entry) for entry in getattr(self, name)))
+            except ValueError as exc:
+                raise SettingsError(
+                    f"TP_{name.upper()}: {exc}; an entry is s3://bucket/prefix/, bucket/prefix/ or bucket"
+                ) from None
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
@@ -160,10 +198,8 @@ class Settings:
             raise SettingsError(f"TP_DEPLOYMENT must be 'local' or 'k8s', not {self.deployment!r}")
         if self.intake not in ("listing", "events"):
             raise SettingsError(f"TP_INTAKE must be 'listing' or 'events', not {self.intake!r}")
-        if self.publish_format not in ("jsonl", "objects"):
-            raise SettingsError(
-                f"TP_PUBLISH_FORMAT must be 'jsonl' or 'objects', not {self.publish_format!r}"
-            )
+        if self.publish_format not in PUBLISH_FORMATS:
+            raise SettingsError(f"TP_PUBLISH_FORMAT must be one of {', '.join(PUBLISH_FORMATS)}, not {self.publish_format!r}")
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
             raise SettingsError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
         for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):
