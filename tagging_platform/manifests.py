@@ -21,8 +21,9 @@ import pyarrow as pa
 
 from tagging_platform.s3 import BUCKET_PATTERN, S3UriError, split_uri
 from tagging_platform.s3 import shown as _show
+from tagging_platform.settings import PUBLISH_FORMATS, allowed_location
 
-NATIVE_FIELDS = ("images", "model", "output", "id", "reuse")
+NATIVE_FIELDS = ("images", "model", "output", "id", "reuse", "output_format", "max_labels", "min_confidence")
 MAX_ID_CHARS = 200
 MAX_PARTITION_NAME = 80
 
@@ -75,6 +76,11 @@ class Manifest:
     id: str | None
     # Whether images already tagged by the same model version (same ETag) take their earlier tags.
     reuse: bool = True
+    # How the batch's tags are published (None: the deployment's TP_PUBLISH_FORMAT), and for "rekognition"
+    # DetectLabels' MaxLabels and MinConfidence (0-100).
+    output_format: str | None = None
+    max_labels: int | None = None
+    min_confidence: float | None = None
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -229,7 +235,7 @@ def _allowed(prefixes: Sequence[str]) -> tuple[str, ...]:
     # A bare string would be taken letter by letter as one-letter buckets, silently allowing far too much.
     if isinstance(prefixes, str):
         raise TypeError("allowed prefixes must be a sequence of strings, not one string")
-    return tuple(p if "/" in p else p + "/" for p in prefixes)
+    return tuple(entry if entry.endswith("/") else entry + "/" for entry in map(allowed_location, prefixes))
 
 
 class _ImageColumn:
@@ -477,7 +483,24 @@ def _native(obj: dict, source: str, rules: _Rules) -> Manifest:
         raise ManifestError('the manifest lists no images (it has no "images" field)')
     if not isinstance(uris, list):
         raise ManifestError(f'field "images": expected a list of s3:// URIs, got a JSON {_json_type(uris)}')
-    return Manifest(source, "native", _column(uris, rules), model, output, manifest_id, reuse is not False)
+    publishing = _publishing_fields(obj)
+    return Manifest(source, "native", _column(uris, rules), model, output, manifest_id, reuse is not False, *publishing)
+
+
+def _publishing_fields(obj: dict) -> tuple[str | None, int | None, float | None]:
+    """output_format, max_labels and min_confidence, with DetectLabels' meanings for the last two."""
+    output_format = _optional_string(obj, "output_format")
+    if output_format is not None and output_format not in PUBLISH_FORMATS:
+        raise ManifestError(f'field "output_format": {_show(output_format)} is not one of {", ".join(PUBLISH_FORMATS)}')
+    max_labels = obj.get("max_labels")
+    if max_labels is not None and (type(max_labels) is not int or max_labels < 0):
+        raise ManifestError('field "max_labels": expected a whole number of labels, 0 or more')
+    min_confidence = obj.get("min_confidence")
+    if min_confidence is not None and (
+        type(min_confidence) not in (int, float) or not 0 <= min_confidence <= 100
+    ):
+        raise ManifestError('field "min_confidence": expected a number from 0 to 100 (a percentage, as in DetectLabels)')
+    return output_format, max_labels, None if min_confidence is None else float(min_confidence)
 
 
 def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
@@ -511,8 +534,8 @@ def _sagemaker_prefix(prefix: str) -> str:
     """
     what = 'the "prefix" element'
     try:
-        _, key = split_s3_uri(prefix)
-    except ManifestError as exc:
+        _, key = split_uri(prefix)
+    except S3UriError as exc:
         raise ManifestError(f"{what}: {exc}") from None
     # Only a whole "." or ".." segment, one that a "/" ends: "s3://b/a." + "x.jpg" is a plain name.
     if _BAD_KEY_CHAR.search(key) or _WHOLE_DOT_SEGMENT.search("/" + key):
