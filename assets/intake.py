@@ -58,6 +58,9 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
         "model": model.as_dict() if model else None,
         "output": parsed.output or settings.output_root,
         "reuse": parsed.reuse,
+        "output_format": parsed.output_format or settings.publish_format,
+        "max_labels": parsed.max_labels,
+        "min_confidence": parsed.min_confidence,
     }
     return dg.Output(
         table,
@@ -70,6 +73,7 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
             "model": model.name if model else "default",
             "reuse": parsed.reuse,
             "output": dg.MetadataValue.path(table.attrs["output"]),
+            "output_format": table.attrs["output_format"],
             "accelerator": profile.accelerator,
             "memory": profile.memory,
         },

@@ -1,5 +1,7 @@
 """The published_tags asset: one JSON object per image in the customer's output location, then a marker."""
 
+from datetime import datetime, timezone
+
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -7,7 +9,7 @@ from dagster_aws.s3 import S3Resource
 
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
-from tagging_platform import publishing
+from tagging_platform import output_formats, publishing
 from tagging_platform.models import ModelRef
 
 
@@ -17,7 +19,8 @@ from tagging_platform.models import ModelRef
     io_manager_key="warehouse_io_manager",
     kinds={"s3", "json"},
     owners=["team:ml-platform"],
-    description="Tag JSON for every image (JSON Lines parts by default) and a completion marker written last.",
+    description="A record for every image in the batch's output format (JSON Lines parts of tag objects by default; "
+    "DetectLabels responses or a Ground Truth manifest on request) and a completion marker written last.",
 )
 def published_tags(
     context: dg.AssetExecutionContext,
@@ -39,8 +42,15 @@ def published_tags(
         client,
         image_tags,
         location,
-        fmt=settings.publish_format,
+        # A manifest read before batches could choose their format has none: the deployment's applies.
+        fmt=manifest.attrs.get("output_format") or settings.publish_format,
         part_images=settings.publish_part_images,
+        options=output_formats.Options(
+            max_labels=manifest.attrs.get("max_labels"),
+            min_confidence=manifest.attrs.get("min_confidence"),
+            job_name=f"tagging-platform/{context.partition_key}",
+            creation_date=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds"),
+        ),
         lineage={
             "manifest": manifest.attrs["manifest"],
             "manifest_etag": manifest.attrs["etag"],

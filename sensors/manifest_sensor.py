@@ -3,6 +3,7 @@
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -11,7 +12,7 @@ from assets.jobs import tag_manifest_job
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from sensors.model_registry_sensor import model_registered
-from tagging_platform import intake
+from tagging_platform import intake, metrics
 from tagging_platform.s3 import make_client
 from tagging_platform.events import ManifestQueue
 from tagging_platform.settings import Settings
@@ -69,27 +70,55 @@ def _events_sensor(settings: Settings) -> dg.SensorDefinition:
         # The cursor holds the messages whose runs the previous tick asked for. Dagster stores a
         # cursor only after recording that tick's run requests, so deleting them now never loses
         # one; a crash before this point redelivers them, and their run keys start nothing twice.
-        handled = json.loads(context.cursor or "[]")
-        if handled:
-            queue.delete(handled)
+        cursor = EventsCursor.parse(context.cursor)
+        if cursor.handled:
+            queue.delete(cursor.handled)
         started = time.monotonic()
         received = queue.receive(settings.events_per_tick, EVENTS_BUDGET_S)
-        poison = [m for m in received if m.error]
-        for message in poison:
-            context.log.warning(
-                f"message {message.message_id} (received {message.receive_count}x) is not an S3 event "
-                f"notification: {message.error}; it moves to {settings.manifest_dead_letter_queue} after "
-                f"{settings.max_receives} receives"
-            )
+        for message in received:
+            if message.error:
+                context.log.warning(
+                    f"message {message.message_id} (received {message.receive_count}x) is not an S3 event "
+                    f"notification: {message.error}; it moves to {settings.manifest_dead_letter_queue} after "
+                    f"{settings.max_receives} receives"
+                )
+            for bad in message.notification.bad_records:
+                queue.set_aside(message, bad)
+                context.log.warning(
+                    f"message {message.message_id} record {bad.number}: {bad.problem}; copied to "
+                    f"{settings.manifest_dead_letter_queue}, the message's other records are read as usual"
+                )
+        bad_records = sum(len(m.notification.bad_records) for m in received)
+        if bad_records:
+            metrics.push_bad_event_records(settings.metrics_pushgateway, cursor.bad_records + bad_records)
         dead = queue.dead_letters()
         if dead:
             context.log.warning(f"{dead} message(s) in dead-letter queue {settings.manifest_dead_letter_queue}")
-        found = [obj for m in received if not m.error for obj in m.manifests]
+        found = [obj for m in received if not m.error for obj in m.notification.manifests]
         context.log.debug(f"{len(received)} message(s), {len(found)} manifest(s) in {time.monotonic() - started:.1f} s")
-        cursor = json.dumps([m.receipt_handle for m in received if not m.error])
-        return _result(context, s3.get_client(), settings, found, cursor)
+        # A message with a bad record is deleted too, once its good records' runs are recorded: the bad
+        # record itself is in the dead-letter queue by then.
+        next_cursor = EventsCursor([m.receipt_handle for m in received if not m.error], cursor.bad_records + bad_records)
+        return _result(context, s3.get_client(), settings, found, next_cursor.serialize())
 
     return manifest_events_sensor
+
+
+@dataclass
+class EventsCursor:
+    """The events sensor's cursor: the messages to delete next tick, and the bad records seen so far (a counter)."""
+
+    handled: list[str] = field(default_factory=list)
+    bad_records: int = 0
+
+    def serialize(self) -> str:
+        return json.dumps({"handled": self.handled, "bad_records": self.bad_records})
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "EventsCursor":
+        data = json.loads(raw or "{}")
+        # Earlier versions kept the list of handled messages alone.
+        return cls(handled=data) if isinstance(data, list) else cls(**data)
 
 
 def _result(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-from tagging_platform.intake import MANIFEST_SUFFIXES, ManifestObject
+from tagging_platform.intake import ManifestObject, is_manifest_key
 from tagging_platform.settings import Settings
 
 
@@ -21,23 +21,42 @@ class NotificationError(ValueError):
     """A queue message that is not an S3 event notification: left for the dead-letter queue."""
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """A record of a notification that is not an S3 event record; its siblings are read all the same."""
+
+    number: int  # 1-based, in the message's Records
+    problem: str
+    record: object
+
+
+@dataclass
+class Notification:
+    """What one notification announces: the manifests created, and the records that could not be read."""
+
+    manifests: list[ManifestObject] = field(default_factory=list)
+    bad_records: list[BadRecord] = field(default_factory=list)
+
+
 @dataclass
 class Received:
-    """One queue message: the manifests it announces, or why it cannot be read."""
+    """One queue message: what it announces, or why it cannot be read at all."""
 
     message_id: str
     receipt_handle: str
     receive_count: int
-    manifests: list[ManifestObject] = field(default_factory=list)
+    notification: Notification = field(default_factory=Notification)
     error: str | None = None
 
 
-def parse_notification(body: str, bucket: str, prefix: str) -> list[ManifestObject]:
+def parse_notification(body: str, bucket: str, prefix: str) -> Notification:
     """The manifests created in `bucket` under `prefix` that one notification announces.
 
     Test events, deletions, other buckets and keys that are not manifests announce nothing. Keys
     arrive URL-encoded, with spaces as "+", exactly as S3 sends them. A notification delivered
-    through SNS is unwrapped first.
+    through SNS is unwrapped first. A malformed record is set aside with its number, so that one bad
+    record does not keep the good ones beside it from starting; a body that is not a notification
+    at all raises NotificationError.
     """
     try:
         message = json.loads(body)
@@ -47,29 +66,35 @@ def parse_notification(body: str, bucket: str, prefix: str) -> list[ManifestObje
         raise NotificationError(f"not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise NotificationError(f"not an S3 event notification: a JSON {type(message).__name__}")
+    notification = Notification()
     if message.get("Event") == "s3:TestEvent":
-        return []
+        return notification
     records = message.get("Records")
     if not isinstance(records, list):
         raise NotificationError("not an S3 event notification: no Records")
-    found = []
     for number, record in enumerate(records, start=1):
         try:
-            if record.get("eventSource") != "aws:s3" or not record["eventName"].startswith("ObjectCreated:"):
-                continue
-            s3 = record["s3"]
-            obj = s3["object"]
-            key = unquote_plus(obj["key"])
-            event_bucket = s3["bucket"]["name"]
-            etag = obj.get("eTag") or obj["etag"]
-            size = int(obj.get("size", 0))
-            event_time = record.get("eventTime", "")
+            obj = _manifest_created(record)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise NotificationError(f"record {number} is not an S3 event record: missing {exc}") from None
-        if event_bucket != bucket or not key.startswith(prefix) or not key.endswith(MANIFEST_SUFFIXES) or size == 0:
+            problem = f"not an S3 event record: missing or malformed {exc}"
+            notification.bad_records.append(BadRecord(number, problem, record))
             continue
-        found.append(ManifestObject(event_bucket, key, etag.strip('"'), size, _epoch(event_time)))
-    return found
+        if obj and obj.bucket == bucket and obj.key.startswith(prefix) and is_manifest_key(obj.key) and obj.size:
+            notification.manifests.append(obj)
+    return notification
+
+
+def _manifest_created(record: dict) -> ManifestObject | None:
+    """The object an ObjectCreated record from S3 announces; None for any other event."""
+    if record.get("eventSource") != "aws:s3" or not record["eventName"].startswith("ObjectCreated:"):
+        return None
+    s3 = record["s3"]
+    obj = s3["object"]
+    etag = obj.get("eTag") or obj["etag"]
+    return ManifestObject(
+        s3["bucket"]["name"], unquote_plus(obj["key"]), etag.strip('"'), int(obj.get("size", 0)),
+        _epoch(record.get("eventTime", "")),
+    )
 
 
 class ManifestQueue:
@@ -102,7 +127,7 @@ class ManifestQueue:
                     int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
                 )
                 try:
-                    item.manifests = parse_notification(
+                    item.notification = parse_notification(
                         message["Body"], self.settings.manifest_bucket, self.settings.manifest_prefix
                     )
                 except NotificationError as exc:
@@ -120,6 +145,18 @@ class ManifestQueue:
             )
             deleted += len(response.get("Successful", []))
         return deleted
+
+    def set_aside(self, message: Received, bad: BadRecord) -> None:
+        """Copy a malformed record to the dead-letter queue, saying where it came from, so that none is lost."""
+        self.sqs.send_message(
+            QueueUrl=self.dead_letter_url,
+            MessageBody=json.dumps({"Records": [bad.record]}),
+            MessageAttributes={
+                "SourceMessageId": {"DataType": "String", "StringValue": message.message_id},
+                "RecordNumber": {"DataType": "Number", "StringValue": str(bad.number)},
+                "Problem": {"DataType": "String", "StringValue": bad.problem[:1000]},
+            },
+        )
 
     def dead_letters(self) -> int:
         attributes = self.sqs.get_queue_attributes(

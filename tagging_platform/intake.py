@@ -14,9 +14,16 @@ from tagging_platform.s3 import read_bytes
 from tagging_platform.manifests import partition_key_for
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".manifest.gz")
+
+
 # S3's clock and ours may disagree; objects this close to the watermark are looked at twice, and the
 # remembered ETags (plus Dagster's run keys) keep the second look from starting a second run.
 CLOCK_SKEW_S = 300.0
+
+
+def is_manifest_key(key: str) -> bool:
+    """Whether a key names a manifest by its suffix, in any case: Windows tools write "BATCH.JSON"."""
+    return key.lower().endswith(MANIFEST_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ def scan_manifests(
                 last_modified=item["LastModified"].timestamp(),
             )
             cursor.after = obj.key
-            is_manifest = obj.key.endswith(MANIFEST_SUFFIXES) and obj.size > 0
+            is_manifest = is_manifest_key(obj.key) and obj.size > 0
             already = cursor.seen.get(obj.key)
             if is_manifest and obj.last_modified >= cursor.watermark and (already is None or already[0] != obj.etag):
                 found.append(obj)

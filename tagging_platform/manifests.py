@@ -21,8 +21,9 @@ import pyarrow as pa
 
 from tagging_platform.s3 import BUCKET_PATTERN, S3UriError, split_uri
 from tagging_platform.s3 import shown as _show
+from tagging_platform.settings import PUBLISH_FORMATS, allowed_location
 
-NATIVE_FIELDS = ("images", "model", "output", "id", "reuse")
+NATIVE_FIELDS = ("images", "model", "output", "id", "reuse", "output_format", "max_labels", "min_confidence")
 MAX_ID_CHARS = 200
 MAX_PARTITION_NAME = 80
 
@@ -42,6 +43,7 @@ _BAD_KEY_CHARS = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\\"
 _IMAGE_URI = re.compile(rf"s3://{BUCKET_PATTERN}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}/]\Z")
 _BAD_KEY_CHAR = re.compile(rf"[{_BAD_KEY_CHARS}]")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?=/|\Z)")
+_WHOLE_DOT_SEGMENT = re.compile(r"/\.\.?/")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON_SPACE_BYTES = re.compile(rb"[ \t\n\r]*")
 _DECODER = json.JSONDecoder(parse_constant=lambda name: _no_constant(name))
@@ -74,6 +76,11 @@ class Manifest:
     id: str | None
     # Whether images already tagged by the same model version (same ETag) take their earlier tags.
     reuse: bool = True
+    # How the batch's tags are published (None: the deployment's TP_PUBLISH_FORMAT), and for "rekognition"
+    # DetectLabels' MaxLabels and MinConfidence (0-100).
+    output_format: str | None = None
+    max_labels: int | None = None
+    min_confidence: float | None = None
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -137,7 +144,7 @@ def parse_manifest(
     except ValueError as exc:
         # A JSON Lines file is not one JSON value, so it lands here; other broken JSON gets the parser's
         # own message, which says at which line and column the document breaks.
-        if not (text.startswith("{", start) and _first_line_is_jsonl(text, start)):
+        if not _looks_like_jsonl(text, start):
             raise ManifestError(f"not valid JSON: {exc}") from None
         return _jsonl([text], source, rules)
     first_line = text.count("\n", 0, start) + 1
@@ -228,7 +235,7 @@ def _allowed(prefixes: Sequence[str]) -> tuple[str, ...]:
     # A bare string would be taken letter by letter as one-letter buckets, silently allowing far too much.
     if isinstance(prefixes, str):
         raise TypeError("allowed prefixes must be a sequence of strings, not one string")
-    return tuple(p if "/" in p else p + "/" for p in prefixes)
+    return tuple(entry if entry.endswith("/") else entry + "/" for entry in map(allowed_location, prefixes))
 
 
 class _ImageColumn:
@@ -417,13 +424,38 @@ def _key_too_long(uri: str) -> bool:
     return len(uri.partition("/")[2].partition("/")[2].partition("/")[2].encode("utf-8")) > MAX_KEY_BYTES
 
 
-def _first_line_is_jsonl(text: str, start: int) -> bool:
-    end = text.find("\n", start)
+def _looks_like_jsonl(text: str, start: int) -> bool:
+    """Whether text that is not one JSON value is meant as JSON Lines, so that its errors name a line.
+
+    It is when its first line or the next non-blank one is an object with "source-ref", or when its
+    first line is a whole object (one without "images": that is a native manifest with something
+    after it) and another line follows.
+    """
+    lines = list(_first_lines(text, start, 2))
+    objects = [_line_object(line) for line in lines]
+    if any(obj is not None and "source-ref" in obj for obj in objects):
+        return True
+    return len(lines) == 2 and objects[0] is not None and "images" not in objects[0]
+
+
+def _first_lines(text: str, start: int, count: int) -> Iterator[str]:
+    """The first `count` non-blank lines from `start`, without copying the rest of a large text."""
+    while count and start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
+        if line.strip():
+            count -= 1
+            yield line
+        start = end + 1
+
+
+def _line_object(line: str) -> dict | None:
     try:
-        obj = json.loads(text[start : end if end >= 0 else len(text)], parse_constant=_no_constant)
+        obj = json.loads(line, parse_constant=_no_constant)
     except (ValueError, RecursionError):
-        return False
-    return isinstance(obj, dict) and "source-ref" in obj
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _native(obj: dict, source: str, rules: _Rules) -> Manifest:
@@ -451,7 +483,24 @@ def _native(obj: dict, source: str, rules: _Rules) -> Manifest:
         raise ManifestError('the manifest lists no images (it has no "images" field)')
     if not isinstance(uris, list):
         raise ManifestError(f'field "images": expected a list of s3:// URIs, got a JSON {_json_type(uris)}')
-    return Manifest(source, "native", _column(uris, rules), model, output, manifest_id, reuse is not False)
+    publishing = _publishing_fields(obj)
+    return Manifest(source, "native", _column(uris, rules), model, output, manifest_id, reuse is not False, *publishing)
+
+
+def _publishing_fields(obj: dict) -> tuple[str | None, int | None, float | None]:
+    """output_format, max_labels and min_confidence, with DetectLabels' meanings for the last two."""
+    output_format = _optional_string(obj, "output_format")
+    if output_format is not None and output_format not in PUBLISH_FORMATS:
+        raise ManifestError(f'field "output_format": {_show(output_format)} is not one of {", ".join(PUBLISH_FORMATS)}')
+    max_labels = obj.get("max_labels")
+    if max_labels is not None and (type(max_labels) is not int or max_labels < 0):
+        raise ManifestError('field "max_labels": expected a whole number of labels, 0 or more')
+    min_confidence = obj.get("min_confidence")
+    if min_confidence is not None and (
+        type(min_confidence) not in (int, float) or not 0 <= min_confidence <= 100
+    ):
+        raise ManifestError('field "min_confidence": expected a number from 0 to 100 (a percentage, as in DetectLabels)')
+    return output_format, max_labels, None if min_confidence is None else float(min_confidence)
 
 
 def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
@@ -460,7 +509,7 @@ def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
         raise ManifestError(
             'a JSON array manifest is a SageMaker manifest: its first element must be {"prefix": "s3://bucket/path/"}'
         )
-    prefix = _location(head["prefix"], 'the "prefix" element')
+    prefix = _sagemaker_prefix(head["prefix"])
     for number, key in enumerate(items[1:], 1):
         if type(key) is not str:
             raise ManifestError(f"entry {number}: expected a key relative to the prefix, got a JSON {_json_type(key)}")
@@ -475,6 +524,25 @@ def _sagemaker(items: list, source: str, rules: _Rules) -> Manifest:
         items[start:stop] = [None] * (stop - start)
         column.add(uris)
     return Manifest(source, "sagemaker", column.finish(), None, None, None)
+
+
+def _sagemaker_prefix(prefix: str) -> str:
+    """The prefix as given: SageMaker appends each key to it as a string, so it need not end with "/".
+
+    Only what would spoil every image is refused here, naming the prefix; the URIs it makes are
+    checked one by one like any other image URI.
+    """
+    what = 'the "prefix" element'
+    try:
+        _, key = split_uri(prefix)
+    except S3UriError as exc:
+        raise ManifestError(f"{what}: {exc}") from None
+    # Only a whole "." or ".." segment, one that a "/" ends: "s3://b/a." + "x.jpg" is a plain name.
+    if _BAD_KEY_CHAR.search(key) or _WHOLE_DOT_SEGMENT.search("/" + key):
+        raise ManifestError(f"{what}: {_key_problem(prefix, key)}")
+    if len(key) > _SHORT_URI and len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ManifestError(f"{what}: {_show(prefix)}: the key is longer than S3's limit of {MAX_KEY_BYTES} bytes")
+    return prefix
 
 
 def _column(uris: list, rules: _Rules) -> pa.ChunkedArray:

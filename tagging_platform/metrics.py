@@ -18,6 +18,11 @@ check runs; a canary that stops running stops pushing, so alert on its age as we
     tagging_canary_passed == 0                              the last canary drifted
     tagging_canary_images{result="fail"}                    how many of its photographs drifted
 
+The events sensor pushes, under `job="manifest_events"`, how many S3 event records it has set aside
+as malformed (each also copied to the dead-letter queue, the message and record number logged):
+
+    increase(tagging_event_bad_records_total[1h])          malformed event records
+
 Pushing never fails a step: a Pushgateway that is down costs a warning, not the chunk.
 """
 
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 
 JOB = "tag_chunk"
 CANARY_JOB = "tagging_canary"
+EVENTS_JOB = "manifest_events"
 _PUSH_TIMEOUT_S = 3.0
 
 
@@ -83,6 +89,21 @@ def push_canary(gateway: str, *, passed: bool, images: int, failed: int, model: 
         push_to_gateway(gateway, job=CANARY_JOB, registry=registry, handler=_handler)
     except OSError as exc:
         log.warning("could not push the canary's metrics to %s: %s", gateway, exc)
+
+
+def push_bad_event_records(gateway: str, total: int) -> None:
+    """The events sensor's count of malformed records so far (kept in its cursor, so it only grows)."""
+    if not gateway:
+        return
+    registry = CollectorRegistry()
+    Gauge(
+        "tagging_event_bad_records_total", "S3 event records set aside as malformed since the sensor started.",
+        registry=registry,
+    ).set(total)
+    try:
+        push_to_gateway(gateway, job=EVENTS_JOB, registry=registry, handler=_handler)
+    except OSError as exc:
+        log.warning("could not push the events sensor's metrics to %s: %s", gateway, exc)
 
 
 def chunk_pusher(gateway: str, batch: str, chunk: int, model: str, version: str) -> Callable[..., None]:

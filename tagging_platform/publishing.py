@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
-from tagging_platform import tags
+from tagging_platform import output_formats, tags
 from tagging_platform.s3 import list_folder, list_objects, read_bytes, split_uri
 from tagging_platform.models import ModelRef
 
@@ -31,8 +32,9 @@ def publish(
     fmt: str,
     part_images: int,
     lineage: dict[str, Any],
+    options: output_formats.Options = output_formats.Options(),
 ) -> dict[str, Any]:
-    """Write one JSON object per image and then the completion marker.
+    """Write one JSON record per image in format `fmt` (settings.PUBLISH_FORMATS), then the completion marker.
 
     Readers trust only the marker: it is removed first and written last, so output that is still
     being written, or that a crashed attempt left behind, is never seen as complete. Parts are
@@ -42,12 +44,10 @@ def publish(
     marker_key = prefix + MARKER_NAME
     s3_client.delete_object(Bucket=bucket, Key=marker_key)
     before = _list_keys(s3_client, bucket, prefix)
-    if fmt == "jsonl":
-        written = _write_parts(s3_client, bucket, prefix, table, part_images)
-    elif fmt == "objects":
+    if fmt == "objects":
         written = _write_objects(s3_client, bucket, prefix, table)
     else:
-        raise ValueError(f"unknown publish format {fmt!r}")
+        written = _write_parts(s3_client, bucket, prefix, table, part_images, _record_maker(fmt, table, options))
     stale = sorted(before - {w["key"] for w in written} - {marker_key})
     for start in range(0, len(stale), 1000):
         s3_client.delete_objects(
@@ -62,7 +62,7 @@ def publish(
         "errors": statuses.count(tags.STATUS_ERROR),
         "objects": sum(w["objects"] for w in written),
         "files": len(written),
-        "parts": written if fmt == "jsonl" else [],
+        "parts": written if fmt != "objects" else [],
         "sha256": hashlib.sha256("".join(w["sha256"] for w in written).encode()).hexdigest(),
         "completed_at": datetime.now(timezone.utc).isoformat(),
         **lineage,
@@ -108,10 +108,24 @@ def read_marker(s3_client, location: str) -> dict[str, Any] | None:
     return None if body is None else json.loads(body)
 
 
-def _write_parts(s3_client, bucket: str, prefix: str, table: pa.Table, part_images: int) -> list[dict[str, Any]]:
+def _record_maker(fmt: str, table: pa.Table, options: output_formats.Options) -> Callable[[dict], dict]:
+    """The function that turns a tag row into the record `fmt` publishes."""
+    if fmt == "jsonl":
+        return tags.tag_object
+    if fmt == "rekognition":
+        return lambda row: output_formats.rekognition_record(row, options)
+    if fmt == "groundtruth":
+        ids = output_formats.class_ids(table.column("tags"))
+        return lambda row: output_formats.groundtruth_record(row, ids, options)
+    raise ValueError(f"unknown publish format {fmt!r}")
+
+
+def _write_parts(
+    s3_client, bucket: str, prefix: str, table: pa.Table, part_images: int, record: Callable[[dict], dict]
+) -> list[dict[str, Any]]:
     def put(index_and_slice: tuple[int, pa.Table]) -> dict[str, Any]:
         index, part = index_and_slice
-        body = b"".join(tags.json_lines(part))
+        body = b"".join(tags.json_lines(part, record=record))
         key = f"{prefix}part-{index:05d}.jsonl"
         s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
         return {"key": key, "objects": part.num_rows, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}

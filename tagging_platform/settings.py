@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -31,9 +32,35 @@ class SettingsError(ValueError):
     """An environment variable holds a value the platform cannot use; the message names the variable."""
 
 
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_BAD_PREFIX_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def allowed_location(entry: str) -> str:
+    """An allow-list entry, "s3://bucket/prefix/" or "bucket/prefix/" alike, as "bucket" or "bucket/prefix/".
+
+    An entry is a folder: "bucket/in" means "bucket/in/", so it does not admit "bucket/inbox/...".
+    Anything that is not a bucket with an optional prefix raises ValueError saying why.
+    """
+    path = entry.strip().removeprefix("s3://")
+    if "://" in path:
+        raise ValueError(f"{entry!r} is not an s3:// location")
+    bucket, _, prefix = path.partition("/")
+    if not _BUCKET_NAME.match(bucket):
+        raise ValueError(f"{entry!r}: {bucket!r} is not a bucket name")
+    if _BAD_PREFIX_CHAR.search(prefix) or {".", ".."} & set(prefix.split("/")):
+        raise ValueError(f"{entry!r}: the prefix holds a control character, a backslash or a '.' or '..' segment")
+    return f"{bucket}/{prefix.rstrip('/')}/" if prefix.strip("/") else bucket
+
+
 ENV_PREFIX = "TP_"
 # A list setting is written as comma-separated items in its variable, not as JSON.
 CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+# How tags are published: JSON Lines parts or one object per image of the platform's own tag objects, or
+# parts of DetectLabels responses ("rekognition") or of a Ground Truth output manifest ("groundtruth").
+PUBLISH_FORMATS = ("jsonl", "objects", "rekognition", "groundtruth")
 
 
 class Settings(BaseSettings):
@@ -52,7 +79,7 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     manifest_bucket: str = "manifests"
     manifest_prefix: str = "incoming/"
-    # "bucket" allows a whole bucket, "bucket/prefix/" a part of one.
+    # "bucket" allows a whole bucket, "bucket/prefix/" (or "s3://bucket/prefix/") the folder "prefix/" of one.
     allowed_image_prefixes: CommaList = ("images",)
     output_bucket: str = "tags"
     output_prefix: str = "published/"
@@ -80,8 +107,9 @@ class Settings(BaseSettings):
     max_chunk_images: int = 50_000
     # What one GPU-hour of the pool costs, for the cost `tagging-platform retag` estimates before re-tagging.
     gpu_hour_usd: float = 2.5
-    # Published output: JSON Lines parts of this many objects, or one object per image.
-    publish_format: Literal["jsonl", "objects"] = "jsonl"
+    # Published output (a native manifest's "output_format" overrides it): parts of this many records, or one
+    # object per image.
+    publish_format: Literal[PUBLISH_FORMATS] = "jsonl"
     publish_part_images: int = 10_000
     # Engine.
     batch_size: int = 32
@@ -165,6 +193,15 @@ class Settings(BaseSettings):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
+    @field_validator("allowed_image_prefixes", "allowed_output_prefixes")
+    @classmethod
+    def _one_form_of_location(cls, entries: tuple[str, ...], info) -> tuple[str, ...]:
+        """Kept in one form, so that every reader (manifests, the API, the embedded server) agrees."""
+        try:
+            return tuple(allowed_location(entry) for entry in entries)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; an entry is s3://bucket/prefix/, bucket/prefix/ or bucket") from None
+
     @model_validator(mode="before")
     @classmethod
     def _aws_endpoint_outside_local(cls, values: Any) -> Any:
@@ -210,7 +247,7 @@ def _explain(exc: ValidationError) -> str:
     for error in exc.errors():
         field = error["loc"][0] if error["loc"] else None
         if isinstance(field, str):
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}, not {error['input']!r}")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg'].removeprefix('Value error, ')}, not {error['input']!r}")
         else:
             problems.append(error["msg"].removeprefix("Value error, "))
     return "; ".join(problems)

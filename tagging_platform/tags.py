@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -102,8 +102,10 @@ def tag_object(row: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def json_lines(table: pa.Table, batch_rows: int = 10_000) -> Iterator[bytes]:
-    """One JSON line per row, converted a batch at a time so memory follows the batch, not the table."""
+def json_lines(
+    table: pa.Table, batch_rows: int = 10_000, record: Callable[[dict[str, Any]], dict[str, Any]] = tag_object
+) -> Iterator[bytes]:
+    """One JSON line per row (`record` of it), converted a batch at a time so memory follows the batch, not the table."""
     for batch in table.to_batches(max_chunksize=batch_rows):
         for row in batch.to_pylist():
-            yield json.dumps(tag_object(row), separators=(",", ":")).encode() + b"\n"
+            yield json.dumps(record(row), separators=(",", ":")).encode() + b"\n"

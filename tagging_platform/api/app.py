@@ -70,6 +70,12 @@ class BatchRequest(BaseModel):
     model: str | None = Field(None, description='"name" or "name@version"; default: the platform\'s default model')
     output: str | None = Field(None, description="s3:// prefix inside your output locations; default: your first one")
     id: str | None = Field(None, description="your own reference for the batch, echoed back")
+    output_format: str | None = Field(
+        None, description="jsonl, objects, rekognition (DetectLabels responses) or groundtruth (a Ground Truth "
+        "output manifest); default: the deployment's (docs/formats.md)"
+    )
+    max_labels: int | None = Field(None, ge=0, description="rekognition: DetectLabels' MaxLabels")
+    min_confidence: float | None = Field(None, ge=0, le=100, description="rekognition: DetectLabels' MinConfidence (0-100)")
 
 
 class ModelVersion(BaseModel):
@@ -373,7 +379,8 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
     def submit_batch(body: BatchRequest, request: Request, who: Authenticated):
         metrics.batches_submitted.inc()
         record = batches.submit(
-            who, images=body.images, manifest_uri=body.manifest, model=body.model, output=body.output, reference=body.id
+            who, images=body.images, manifest_uri=body.manifest, model=body.model, output=body.output, reference=body.id,
+            publish_options=body.model_dump(include={"output_format", "max_labels", "min_confidence"}, exclude_none=True),
         )
         status_url = str(request.url_for("get_batch", batch_id=record["batch_id"]))
         answer = {

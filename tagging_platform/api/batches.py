@@ -80,13 +80,17 @@ class Batches:
         model: str | None = None,
         output: str | None = None,
         reference: str | None = None,
+        publish_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """`publish_options`: the native manifest's output_format, max_labels and min_confidence, as given."""
         settings = self.settings
         if (images is None) == (manifest_uri is None):
             raise ApiError(422, "invalid_request", 'give exactly one of "images" (the manifest itself) or "manifest" (an s3:// URI)')
         if manifest_uri is not None:
             source = self._read_manifest(customer, manifest_uri)
             images, model, output, reference = list(source.images), model or source.model, output or source.output, reference or source.id
+            given = {name: getattr(source, name) for name in ("output_format", "max_labels", "min_confidence")}
+            publish_options = {**{k: v for k, v in given.items() if v is not None}, **(publish_options or {})}
         output = output if output is not None else customer.default_output
         if isinstance(output, str) and not customer.may_write(output):
             raise ApiError(
@@ -94,7 +98,7 @@ class Batches:
                 f"output {output[:200]} is outside your output locations [{', '.join(customer.output_prefixes)}]",
                 {"field": "output", "allowed": list(customer.output_prefixes)},
             )
-        document = {"images": images, "output": output}
+        document = {"images": images, "output": output, **(publish_options or {})}
         if model is not None:
             document["model"] = model
         if reference is not None:

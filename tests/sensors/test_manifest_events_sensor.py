@@ -142,6 +142,35 @@ def test_a_poison_message_lands_in_the_dead_letter_queue(
         sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": "30"})
 
 
+def test_a_bad_record_is_set_aside_and_the_good_records_beside_it_start_their_runs(
+    events_definitions, registered_instance, s3, sqs, queue_url, events_settings, capfd
+):
+    dead_url = sqs.get_queue_url(QueueName=events_settings.manifest_dead_letter_queue)["QueueUrl"]
+    _drain(sqs, dead_url)
+    a, b = (f"events/{uuid.uuid4().hex[:6]}-{n}.JSON" for n in "ab")  # suffixes in capitals
+    s3.put_object(Bucket="manifests", Key=a, Body=MANIFEST)
+    [delivered] = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1)["Messages"]
+    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=delivered["ReceiptHandle"])
+    record_a = json.loads(delivered["Body"])["Records"][0]
+    record_b = json.loads(json.dumps(record_a).replace(a.split("/")[1], b.split("/")[1]))
+    bad = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"object": {"key": "x.json"}}}
+    message_id = sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Records": [record_a, bad, record_b]}))[
+        "MessageId"
+    ]
+
+    data = _tick(events_definitions, registered_instance)
+    assert sorted(r.tags["tagging/manifest"] for r in data.run_requests) == sorted([f"s3://manifests/{a}", f"s3://manifests/{b}"])
+    assert f"message {message_id} record 2: not an S3 event record" in capfd.readouterr().err
+    [dead] = sqs.receive_message(QueueUrl=dead_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])["Messages"]
+    assert json.loads(dead["Body"]) == {"Records": [bad]}
+    assert dead["MessageAttributes"]["SourceMessageId"]["StringValue"] == message_id
+    assert dead["MessageAttributes"]["RecordNumber"]["StringValue"] == "2"
+    assert json.loads(data.cursor)["bad_records"] == 1
+    assert _queue_counts(sqs, queue_url) == (0, 1)  # kept until the good records' runs are recorded
+    _tick(events_definitions, registered_instance, data.cursor)
+    assert _queue_counts(sqs, queue_url) == (0, 0)
+
+
 def test_a_burst_of_a_thousand_manifests_is_taken_once_each_in_short_ticks(
     events_definitions, registered_instance, instance, s3, sqs, queue_url, events_settings
 ):

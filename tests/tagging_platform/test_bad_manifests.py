@@ -62,7 +62,7 @@ GENERATED = {
     ),
     "ten_mb_field_name": (
         lambda: json.dumps({"images": ["s3://images/a.jpg"], "f" * TEN_MB: 1}).encode(),
-        r'^field "f{200}\.\.\.": not a manifest field \(a manifest has only images, model, output, id, reuse\)$',
+        r'^field "f{200}\.\.\.": not a manifest field \(a manifest has only images, model, output, id, reuse, output_format, max_labels, min_confidence\)$',
         10,
     ),
     "ten_mb_model_name": (

@@ -35,6 +35,14 @@ def test_new_changed_and_identical_manifests(s3, prefix):
     assert found[0].run_key.startswith(prefix + "a.json@")
 
 
+def test_manifest_suffixes_are_listed_in_any_case(s3, prefix):
+    keys = [prefix + name for name in ("A.JSON", "b.Jsonl.GZ", "c.MANIFEST", "d.TXT")]
+    for key in keys:
+        _put(s3, key)
+    found, _ = scan_manifests(s3, "manifests", prefix, ScanCursor())
+    assert [o.key for o in found] == keys[:3]
+
+
 def test_a_large_bucket_is_listed_a_few_keys_per_tick_and_nothing_is_missed(s3, prefix):
     for i in range(25):
         _put(s3, f"{prefix}m{i:03d}.json")

@@ -103,13 +103,29 @@ def test_other_formats_ask_for_no_model_output_or_id():
         assert (manifest.model, manifest.output, manifest.id) == (None, None, None)
 
 
-def test_sagemaker_prefix_gains_a_trailing_slash_and_keys_are_appended_to_it():
-    manifest = parse(sagemaker("s3://photos/2024", ["x/1.jpg", "2.jpg"]))
-    assert manifest.images == ("s3://photos/2024/x/1.jpg", "s3://photos/2024/2.jpg")
+def test_sagemaker_appends_each_key_to_the_prefix_as_a_string():
+    manifest = parse(sagemaker("s3://photos/2024/cat_", ["001.jpg", "x/2.jpg"]))
+    assert manifest.images == ("s3://photos/2024/cat_001.jpg", "s3://photos/2024/cat_x/2.jpg")
 
 
-def test_sagemaker_prefix_that_already_ends_with_a_slash_is_not_doubled():
+def test_sagemaker_prefix_that_ends_with_a_slash_is_not_doubled():
     assert parse(sagemaker("s3://photos/2024/", ["1.jpg"])).images == ("s3://photos/2024/1.jpg",)
+
+
+def test_sagemaker_empty_key_makes_the_prefix_itself_the_image():
+    # SageMaker's own data-capture manifests name whole objects this way.
+    data = sagemaker("s3://photos/2024/a.jpg", [""])
+    assert parse(data).images == ("s3://photos/2024/a.jpg",)
+
+
+def test_sagemaker_image_made_by_concatenation_is_validated_naming_the_entry():
+    assert rejection(sagemaker("s3://images", ["a.jpg"])) == (
+        "entry 1: s3://imagesa.jpg has no key: it names a bucket, not an image"
+    )
+    assert rejection(sagemaker("s3://images/sub/", ["a.jpg", ""])) == (
+        "entry 2: s3://images/sub/ ends with /: it names a folder, not an image"
+    )
+    assert rejection(sagemaker("s3://images/a", [".jpg", ".jpg"])) == "entry 2 repeats entry 1: s3://images/a.jpg"
 
 
 def test_jsonl_skips_blank_lines_and_ignores_other_keys():
@@ -134,6 +150,41 @@ def test_a_one_line_jsonl_manifest_is_jsonl_not_native():
 
 def test_a_byte_order_mark_is_accepted():
     assert parse(b"\xef\xbb\xbf" + native(IMAGES)).images == tuple(IMAGES)
+
+
+_GROUND_TRUTH_LINE = {
+    "category": [0, 2],
+    "category-metadata": {"class-map": {"0": "cat", "2": "dog"}, "type": "groundtruth/image-classification-multilabel"},
+    "annotation-ref": "s3://images/labels/mask.png",
+    "source-ref-metadata": {"note": "s3://images/not-an-image.jpg"},
+}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # SageMaker writes its S3 manifests pretty-printed over many lines.
+        json.dumps([{"prefix": "s3://images/"}, "a.jpg", "sub/b.png", "sub/c.jpg"], indent=2).encode(),
+        # Ground Truth output: other *-ref attributes and metadata are not images; CRLF, blank lines, a BOM.
+        b"\xef\xbb\xbf"
+        + b"\r\n".join(json.dumps({"source-ref": uri, **_GROUND_TRUTH_LINE}).encode() for uri in IMAGES)
+        + b"\r\n\r\n",
+        b"\n\n" + b"\n\n".join(json.dumps({"source-ref": uri, **_GROUND_TRUTH_LINE}, indent=None).encode() for uri in IMAGES),
+    ],
+)
+def test_manifests_in_the_shapes_sagemaker_and_ground_truth_write_list_only_their_images(data):
+    assert parse(data).images == tuple(IMAGES)
+
+
+def test_a_sagemaker_manifest_whose_prefix_is_an_object_uri_and_key_empty_lists_that_object():
+    data = json.dumps([{"prefix": "s3://images/sub/b.png"}, ""], indent=4).encode()
+    assert parse(b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n")).images == ("s3://images/sub/b.png",)
+
+
+def test_a_pretty_printed_one_image_augmented_manifest_is_read():
+    data = json.dumps({"source-ref": IMAGES[0], **_GROUND_TRUTH_LINE}, indent=2).encode()
+    manifest = parse(data)
+    assert (manifest.format, manifest.images) == ("jsonl", (IMAGES[0],))
 
 
 def test_table_has_image_uri_and_int64_position_in_manifest_order():
@@ -379,6 +430,21 @@ def test_jsonl_problems_are_rejected_naming_the_line(data, problem):
     assert problem in rejection(data)
 
 
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b'{"x": 1}\n' + FIRST_LINE, 'line 1: no "source-ref"'),
+        (b'\n\n{"x": 1}\r\n{"x": 2}\n', 'line 3: no "source-ref"'),
+        (b'[1, 2]\n' + FIRST_LINE, 'line 1: expected a JSON object with "source-ref", got a JSON array'),
+        (b'"s3://images/a.jpg"\n' + FIRST_LINE, 'line 1: expected a JSON object with "source-ref", got a JSON string'),
+        (b'{"source-ref": "s3://images/a.jpg"\n' + FIRST_LINE, "line 1: not valid JSON: Expecting ',' delimiter"),
+        (b"\xef\xbb\xbf" + b'{"label": 3}\r\n' + FIRST_LINE, 'line 1: no "source-ref"'),
+    ],
+)
+def test_jsonl_whose_first_line_is_bad_is_rejected_naming_that_line(data, problem):
+    assert rejection(data).startswith(problem)
+
+
 def test_a_jsonl_object_split_over_two_lines_is_rejected():
     data = FIRST_LINE + b'{"source-ref":\n "s3://images/b.jpg"}'
     assert rejection(data).startswith("line 2: not valid JSON")
@@ -510,12 +576,55 @@ def test_any_valid_unique_keys_read_the_same_in_all_three_formats(keys, compress
     uris = ["s3://photos/2024/" + key for key in keys]
     encodings = [
         json.dumps({"images": uris}).encode(),
-        json.dumps([{"prefix": "s3://photos/2024"}, *keys]).encode(),
+        json.dumps([{"prefix": "s3://photos/2024/"}, *keys]).encode(),
         "\n".join(json.dumps({"source-ref": uri}, ensure_ascii=False) for uri in uris).encode(),
     ]
     for data in encodings:
         manifest = parse(gzip.compress(data) if compressed else data)
         assert manifest.images == tuple(uris)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=30), st.lists(st.text(max_size=12), max_size=6))
+def test_a_sagemaker_manifest_lists_prefix_plus_key_or_is_refused_as_those_uris_would_be(tail, keys):
+    """SageMaker's rule: image = prefix + key, as strings, and nothing else (no "/" inserted, none removed)."""
+    prefix = "s3://photos/" + tail
+    uris = [prefix + key for key in keys]
+    try:
+        expected = parse(native(uris)).images
+    except ManifestError as exc:
+        expected = exc
+    try:
+        images = parse(sagemaker(prefix, keys)).images
+    except ManifestError as exc:
+        # The same URI list is refused with the same message, unless the prefix alone is already refused.
+        assert isinstance(expected, ManifestError) or str(exc).startswith('the "prefix" element: ')
+        if not str(exc).startswith('the "prefix" element: '):
+            assert str(exc) == str(expected)
+        return
+    assert images == expected == tuple(uris)
+
+
+_LINE_EXTRAS = st.dictionaries(st.sampled_from(["class", "label-ref", "x", "source_ref"]), st.integers(), max_size=2)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.lists(_LINE_EXTRAS, min_size=2, max_size=8),
+    st.data(),
+    st.sampled_from(["\n", "\r\n", "\n\n"]),
+    st.booleans(),
+)
+def test_the_first_jsonl_line_without_source_ref_is_named_wherever_it_is(extras, data, newline, bom):
+    """Format detection never decides on the first line alone: a JSON Lines file is read as one."""
+    bad = data.draw(st.integers(0, len(extras) - 1))
+    lines = [
+        json.dumps(extra if index == bad else {"source-ref": f"s3://images/{index}.jpg", **extra})
+        for index, extra in enumerate(extras)
+    ]
+    text = ("\ufeff" if bom else "") + newline.join(lines) + newline
+    line_number = bad * newline.count("\n") + 1
+    assert rejection(text.encode()) == f'line {line_number}: no "source-ref"'
 
 
 def _outcome(data: bytes):

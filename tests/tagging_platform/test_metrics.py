@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_platform.engine import ChunkStats
 from tagging_platform.embedded import free_port
-from tagging_platform.metrics import CANARY_JOB, chunk_pusher, push_canary
+from tagging_platform.metrics import CANARY_JOB, EVENTS_JOB, chunk_pusher, push_bad_event_records, push_canary
 
 
 def scrape(gateway: str, batch: str = "", job: str = "") -> dict[tuple[str, tuple], float]:
@@ -55,3 +55,8 @@ def test_the_canary_pushes_its_result_and_when_it_ran_replacing_the_previous_one
     assert pushed[("tagging_canary_images", tuple(sorted((*labels, ("result", "pass")))))] == 3
     # One group: the earlier push (another model version) is gone, so "the canary" is one series per figure.
     assert not any(dict(key).get("version") == "sha256:old" for _, key in pushed)
+
+
+def test_the_events_sensor_pushes_its_count_of_malformed_records(pushgateway):
+    push_bad_event_records(pushgateway, 3)
+    assert scrape(pushgateway, job=EVENTS_JOB)[("tagging_event_bad_records_total", (("job", EVENTS_JOB),))] == 3

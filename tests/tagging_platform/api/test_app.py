@@ -112,9 +112,20 @@ def test_submit_reads_a_manifest_from_s3_in_any_format(http, images, s3):
     assert written == {"images": images, "output": "s3://tags/acme/x/"}  # the default model is not pinned
 
 
+def test_submit_carries_the_output_format_and_detect_labels_options_into_the_manifest(http, images, s3):
+    publishing = {"output_format": "rekognition", "max_labels": 3, "min_confidence": 20.0}
+    response = http("POST", "/v1/batches", json={"images": images, **publishing})
+    assert response.status_code == 202, response.text
+    bucket, key = response.json()["manifest"].removeprefix("s3://").split("/", 1)
+    written = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert {name: written[name] for name in publishing} == publishing
+
+
 @pytest.mark.parametrize(
     ("body", "code", "message"),
     [
+        ({"images": ["s3://images/a.jpg"], "output_format": "csv"}, "invalid_manifest", 'field "output_format": csv'),
+        ({"images": ["s3://images/a.jpg"], "min_confidence": 101}, "invalid_request", "min_confidence"),
         ({"images": ["s3://other/a.jpg"]}, "invalid_manifest", "entry 1: s3://other/a.jpg is outside the allowed image"),
         ({"images": ["s3://images/a.jpg", "s3://images/a.jpg"]}, "invalid_manifest", "entry 2 repeats entry 1"),
         ({"images": []}, "invalid_manifest", "lists no images"),
