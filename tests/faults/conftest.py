@@ -88,9 +88,8 @@ class FaultPlatform:
     def start(self) -> FaultPlatform:
         self._s3_server = EmbeddedS3(self.s3_port).start(self.direct)
         self.proxy.start()
-        url = self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-        # The local deployment's own instance settings (run queue, per-batch run limit, run monitoring).
-        (self.home / "dagster.yaml").write_text(local._INSTANCE_YAML + local._POSTGRES_YAML.format(url=url))
+        # The local deployment's own instance settings (run queue, per-batch run limit, GPU pool, run monitoring).
+        (self.home / "dagster.yaml").write_text(local.instance_yaml(self.settings, self.postgres_url))
         (self.home / "workspace.yaml").write_text(
             f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {self.code_port}\n"
             "      location_name: tagging\n"
