@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = commands.add_parser(
         "plan", help="print the chunk plan for a workload; every number not given comes from the deployment's TP_* settings"
     )
-    plan.add_argument("--images", type=int, required=True)
+    plan.add_argument("--images", type=int)
     plan.add_argument("--ms-per-image", type=float, help="default: TP_MS_PER_IMAGE")
     plan.add_argument("--startup-s", type=float, help="default: TP_STARTUP_S")
     plan.add_argument("--max-gpus", type=int, help="default: TP_MAX_GPUS")
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpu-hour-usd", type=float, help="default: TP_GPU_HOUR_USD")
     plan.add_argument("--max-chunk-images", type=int, help="default: TP_MAX_CHUNK_IMAGES")
     plan.add_argument("--gpus-held", type=int, default=0, help="GPUs running batches already hold")
+    plan.add_argument("--sizing", action="store_true", help="docs/operations.md's sizing table under these settings")
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--tradeoff", type=float, nargs="+", metavar="DEADLINE_MIN", help="a table: one plan per deadline")
 
@@ -282,6 +283,12 @@ def run_compare(args) -> int:
 
 
 def run_plan(args) -> int:
+    if args.sizing:
+        print(planning.sizing_table(Settings.from_env()))
+        return 0
+    if args.images is None:
+        print("tagging-platform plan: --images N is required (or --sizing)", file=sys.stderr)
+        return 2
     options = planning.planning_options(Settings.from_env())
     given = {name: getattr(args, name) for name in ("ms_per_image", "startup_s", "max_gpus", "deadline_min", "gpu_hour_usd", "max_chunk_images")}
     options.update({name: value for name, value in given.items() if value is not None})

@@ -156,3 +156,21 @@ def tradeoff(images: int, deadlines_min: list[float], **options) -> str:
             f"{plan.gpu_hours:>9,.2f} | {cost:>8} | {plan.startup_share:>14.1%} | {'yes' if plan.meets_deadline else 'NO'}"
         )
     return "\n".join(lines)
+
+
+SIZING_IMAGES = (10_000, 100_000, 1_000_000, 3_000_000, 10_000_000)
+
+
+def sizing_table(settings: Settings, sizes: tuple[int, ...] = SIZING_IMAGES) -> str:
+    """docs/operations.md's sizing table: one plan per manifest size under these settings, as Markdown."""
+    lines = [
+        "| images | chunks | images/chunk | pods | waves | wall min | GPU-hours | start-up share | cost | meets deadline |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for images in sizes:
+        plan = plan_for(settings, images)
+        lines.append(
+            f"| {images:,} | {plan.chunks:,} | {plan.chunk_images:,} | {plan.pods} | {plan.waves} | {plan.wall_s / 60:,.1f} "
+            f"| {plan.gpu_hours:,.2f} | {plan.startup_share:.1%} | ${plan.cost_usd:,.2f} | {'yes' if plan.meets_deadline else 'NO'} |"
+        )
+    return "\n".join(lines)

@@ -164,7 +164,14 @@ def plan_reuse(
     misses), then one index lookup for the whole manifest. `batch` holds the row's lineage: manifest and
     partition. An image whose ETag cannot be read is left to the tagger, which reports why.
     """
-    etags = current_etags(s3_client, images)
+    return split_by_index(s3_client, bucket, model, batch, run_id, positions, images, current_etags(s3_client, images))
+
+
+def split_by_index(
+    s3_client, bucket: str, model: ModelRef, batch: dict[str, str], run_id: str, positions: list[int], images: list[str],
+    etags: list[str | None],
+) -> Reused:
+    """plan_reuse once the images' ETags are known: one index lookup, then the reused rows and the rest."""
     found = lookup(s3_client, bucket, model, (e for e in etags if e))
     rows, rest_positions, rest_images = [], [], []
     for position, image, etag in zip(positions, images, etags, strict=True):
