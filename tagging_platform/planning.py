@@ -22,6 +22,9 @@ class Plan:
     cost_usd: float | None = None
     # GPUs free when the batch was planned: TP_MAX_GPUS less what running batches hold or wait for.
     gpus_free: int = 0
+    # How long a pod of this plan may wait to be placed before its step fails: node start-up plus the waves
+    # ahead of the last wave (those pods hold the GPUs it waits for).
+    unschedulable_timeout_s: float = 0.0
     # Why each bound applies, in the planner's words: chunk count, chunk size, pods and lost work.
     reasons: tuple[str, ...] = ()
 
@@ -53,6 +56,7 @@ def plan_chunks(
     gpus_held: int = 0,
     checkpoint_images: int | None = None,
     checkpoint_s: float | None = None,
+    node_startup_s: float = 0.0,
 ) -> Plan:
     """The fewest chunks that meet the deadline: every chunk is a pod that pays `startup_s` first.
 
@@ -72,8 +76,10 @@ def plan_chunks(
     deadline_s = deadline_min * 60
     free = max(0, max_gpus - max(0, gpus_held))
     reasons = []
-    if deadline_s > startup_s:
-        needed = math.ceil(compute_s / (deadline_s - startup_s))
+    # The most images one pod tags within the deadline after its start-up; chunk sizes round up to whole images.
+    per_pod = math.floor((deadline_s - startup_s) * 1000 / ms_per_image) if deadline_s > startup_s else 0
+    if per_pod >= 1:
+        needed = math.ceil(images / per_pod)
         reasons.append(
             f"chunks: {needed:,} is the fewest whose pods, each paying {startup_s:,.0f} s of start-up, tag "
             f"{compute_s:,.0f} GPU-s of images within the {deadline_min:,.0f}-min deadline in one wave"
@@ -84,12 +90,12 @@ def plan_chunks(
     chunks = max(1, min(needed, max_gpus))
     if needed > max_gpus:
         reasons.append(f"chunks: capped at TP_MAX_GPUS {max_gpus}: more would run in later waves and only add start-up")
-    if max_chunk_images and math.ceil(images / max_chunk_images) > chunks:
-        chunks = math.ceil(images / max_chunk_images)
-        reasons.append(f"chunk size: at most TP_MAX_CHUNK_IMAGES {max_chunk_images:,}, which raises the chunks to {chunks:,}")
     if chunks > max(1, images // max(1, min_chunk_images)):
         chunks = max(1, images // max(1, min_chunk_images))
         reasons.append(f"chunk size: at least TP_MIN_CHUNK_IMAGES {min_chunk_images:,} (start-up outweighs smaller chunks)")
+    if max_chunk_images and math.ceil(images / max_chunk_images) > chunks:
+        chunks = math.ceil(images / max_chunk_images)
+        reasons.append(f"chunk size: at most TP_MAX_CHUNK_IMAGES {max_chunk_images:,}, which raises the chunks to {chunks:,}")
     chunk_images = math.ceil(images / chunks)
     chunks = math.ceil(images / chunk_images)
     pods = min(chunks, max_gpus)
@@ -107,7 +113,13 @@ def plan_chunks(
             f"lost work: a pod lost mid-chunk redoes at most {lost_images:,} images "
             f"(a checkpoint every TP_CHECKPOINT_IMAGES {checkpoint_images:,} images or TP_CHECKPOINT_S {checkpoint_s:,.0f} s)"
         )
-    wall_s = waves * (startup_s + chunk_images * ms_per_image / 1000)
+    wave_s = startup_s + chunk_images * ms_per_image / 1000
+    wall_s = waves * wave_s
+    unschedulable_s = node_startup_s + (waves - 1) * wave_s
+    reasons.append(
+        f"unschedulable after {unschedulable_s:,.0f} s: a GPU node's start-up ({node_startup_s:,.0f} s, "
+        f"TP_STEP_UNSCHEDULABLE_TIMEOUT_S) plus {waves - 1} wave(s) ahead of {wave_s:,.0f} s each"
+    )
     gpu_s = chunks * startup_s + compute_s
     return Plan(
         images=images,
@@ -121,6 +133,7 @@ def plan_chunks(
         meets_deadline=wall_s <= deadline_s,
         cost_usd=gpu_s / 3600 * gpu_hour_usd if gpu_hour_usd is not None else None,
         gpus_free=free,
+        unschedulable_timeout_s=unschedulable_s,
         reasons=tuple(reasons),
     )
 
@@ -142,6 +155,7 @@ def planning_options(settings: Settings) -> dict:
         "gpu_hour_usd": settings.gpu_hour_usd,
         "checkpoint_images": settings.checkpoint_images,
         "checkpoint_s": settings.checkpoint_s,
+        "node_startup_s": settings.step_unschedulable_timeout_s,
     }
 
 

@@ -117,7 +117,7 @@ class Settings:
     gpu_toleration_key: str = "nvidia.com/gpu"
     # k8s: a step pod the scheduler cannot place for this long (no GPU free, pool cordoned or at quota) fails
     # its step with the scheduler's reason instead of leaving the run pending forever. Longer than a GPU node
-    # takes to start from zero.
+    # takes to start from zero; a tag_chunk pod's limit adds what the waves of its plan ahead of it need.
     step_unschedulable_timeout_s: int = 900
     # The HTTP API (tagging_platform/api, `tagging-platform api`): where it listens, which Dagster
     # webserver it reads batch status from (GraphQL), and what it accepts.

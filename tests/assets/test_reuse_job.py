@@ -69,6 +69,12 @@ def test_a_second_manifest_reuses_every_overlapping_image_and_reuse_false_tags_a
     chunk_outputs = _tag_chunk_outputs(second_run)
     assert [(m["images"].value, m["tagged_this_attempt"].value) for m in chunk_outputs] == [(2, 2)]
     assert _planned(second_run)["reused"].value == 3
+    # The k8s executor's limit for the run's tag_chunk pods comes from this plan: node start-up, one wave.
+    from resources.k8s_executor import planned_unschedulable_timeout
+
+    plan = _planned(second_run)["plan"].value
+    assert planned_unschedulable_timeout(registered_instance, second_run.run_id) == plan["unschedulable_timeout_s"]
+    assert plan["unschedulable_timeout_s"] == settings.step_unschedulable_timeout_s
 
     # Every image tagged before: the plan yields no chunk, so no tag_chunk step (no GPU pod) starts, and the
     # merge still makes the batch's table from the reused rows alone, published like any other.

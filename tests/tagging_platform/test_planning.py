@@ -81,6 +81,18 @@ def test_gpus_other_batches_hold_make_the_plan_wait_not_shrink():
     assert plan_for(Settings(), 1_000_000, gpus_held=4) == alone.__class__(**{**alone.as_dict(), "gpus_free": 4})
 
 
+def test_a_pod_may_wait_to_be_placed_for_node_start_up_plus_the_waves_ahead_of_it():
+    settings = Settings()
+    one_wave = plan_for(settings, 1_000_000)
+    assert one_wave.unschedulable_timeout_s == settings.step_unschedulable_timeout_s
+    three_waves = plan_for(settings, 10_000_000)
+    wave_s = settings.startup_s + three_waves.chunk_images * settings.ms_per_image / 1000
+    assert three_waves.waves == 3
+    assert three_waves.unschedulable_timeout_s == settings.step_unschedulable_timeout_s + 2 * wave_s
+    behind = plan_for(settings, 1_000_000, gpus_held=8)
+    assert behind.unschedulable_timeout_s == settings.step_unschedulable_timeout_s + behind.wall_s / 2
+
+
 plans = st.fixed_dictionaries(
     {
         "images": st.integers(1, 20_000_000),
@@ -114,16 +126,15 @@ def test_every_plan_covers_its_images_within_the_gpu_cap_and_reports_its_start_u
 @given(plans)
 def test_a_deadline_one_wave_of_free_gpus_can_meet_is_met_with_the_fewest_chunks(options):
     options = {**options, "max_chunk_images": None, "min_chunk_images": 1, "gpus_held": 0}
-    compute_s = options["images"] * options["ms_per_image"] / 1000
-    spare_s = options["deadline_min"] * 60 - options["startup_s"]
-    if spare_s <= 0 or math.ceil(compute_s / spare_s) > min(options["max_gpus"], options["images"]):
+    # Whole images: the most one pod tags within the deadline after its start-up.
+    per_pod = math.floor((options["deadline_min"] * 60 - options["startup_s"]) * 1000 / options["ms_per_image"])
+    if per_pod < 1 or math.ceil(options["images"] / per_pod) > options["max_gpus"]:
         return
     plan = plan_chunks(**options)
     assert plan.meets_deadline and plan.waves == 1
     # One chunk fewer would miss it: every extra chunk is a pod's start-up more than the deadline needs.
     if plan.chunks > 1:
-        fewer_s = options["startup_s"] + math.ceil(options["images"] / (plan.chunks - 1)) * options["ms_per_image"] / 1000
-        assert fewer_s > options["deadline_min"] * 60 * (1 - 1e-9)
+        assert math.ceil(options["images"] / (plan.chunks - 1)) > per_pod
 
 
 @pytest.mark.parametrize(
