@@ -1,6 +1,9 @@
 """One GPU budget for all batches: two manifests at once never run more tag_chunk steps together than TP_MAX_GPUS."""
 
-import threading
+import json
+import os
+import subprocess
+import sys
 import uuid
 
 import dagster as dg
@@ -9,8 +12,7 @@ import yaml
 from tagging_platform.local import instance_yaml
 from tagging_platform.settings import Settings
 
-from tests.assets.test_tag_manifest_job import tag_manifest_job
-from tests.conftest import record_manifest
+from tests.conftest import REPO, record_manifest
 
 MAX_GPUS = 2
 
@@ -38,9 +40,8 @@ def _tag_chunk_intervals(instance: dg.DagsterInstance, run_id: str) -> list[tupl
 
 
 def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_gpu_cap(
-    postgres_url, tmp_path, s3, settings, photographs, upload_images, definitions, step_environment
+    postgres_url, tmp_path, s3, settings, photographs, upload_images, definitions
 ):
-    step_environment(TP_MAX_GPUS=str(MAX_GPUS))
     home = tmp_path / "home"
     home.mkdir()
     config = instance_yaml(Settings.from_env({**settings.as_env(), "TP_MAX_GPUS": str(MAX_GPUS)}), postgres_url)
@@ -57,20 +58,22 @@ def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_
             instance.add_dynamic_partitions("manifests", [partition])
             partitions.append(partition)
 
-        results = {}
-
-        def run(partition: str) -> None:
-            results[partition] = dg.execute_job(
-                dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition}
+        # Each run in its own process, as two run workers would be: both start before either ends.
+        env = {**os.environ, **settings.as_env(), "TP_MAX_GPUS": str(MAX_GPUS), "DAGSTER_HOME": str(home)}
+        logs = [tmp_path / f"{partition}.log" for partition in partitions]
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "dagster", "job", "execute", "-m", "definitions", "-j", "tag_manifest",
+                 "--tags", json.dumps({"dagster/partition": partition})],
+                cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
             )
-
-        threads = [threading.Thread(target=run, args=(partition,)) for partition in partitions]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=900)
-        assert all(results[p].success for p in partitions)
-        intervals = [i for p in partitions for i in _tag_chunk_intervals(instance, results[p].run_id)]
+            for partition, log in zip(partitions, logs, strict=True)
+        ]
+        codes = [run.wait(timeout=900) for run in runs]
+        assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+        run_ids = [r.run_id for r in instance.get_runs() if r.job_name == "tag_manifest"]
+        assert len(run_ids) == 2
+        intervals = [i for run_id in run_ids for i in _tag_chunk_intervals(instance, run_id)]
         assert len(intervals) == 6
         # Each run's executor would start two steps at once (four together): the pool holds them to the cap.
         assert _most_at_once(intervals) <= MAX_GPUS
