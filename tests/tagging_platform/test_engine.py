@@ -143,7 +143,8 @@ def test_parts_of_attempts_running_at_once_add_no_image_twice(s3, tagger, settin
     assert (stats.resumed, stats.tagged + stats.errors) == (2, 3)
     table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
     rows = dict(zip(table.column("position").to_pylist(), table.column("run_id").to_pylist(), strict=True))
-    assert table.num_rows == 3 and rows == {0: "one", 1: "two", 2: "three"}
+    # Image 0 from whichever of the two overlapping parts sorts first; each image once.
+    assert table.num_rows == 3 and rows[0] in {"one", "two"} and (rows[1], rows[2]) == ("two", "three")
 
 
 def test_a_changed_manifest_gets_a_fresh_chunk_result(model_ref):
