@@ -1,5 +1,7 @@
 """The image_tags asset: a manifest planned into chunks, each tagged by its own step (a GPU pod on Kubernetes)."""
 
+import time
+
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -24,40 +26,79 @@ GPU_STEP_TAGS = {
 }
 
 
-@dg.op(out=dg.DynamicOut(engine.ChunkSpec))
+# Every tag_chunk step of every batch takes a slot of this Dagster pool, limited to TP_MAX_GPUS
+# (tagging_platform/local.py, deploy/values.yaml): concurrent batches share one GPU budget.
+GPU_POOL = "gpu"
+
+
+@dg.op(out={"chunks": dg.DynamicOut(engine.ChunkSpec), "planned": dg.Out(engine.PlannedBatch)})
 def plan_chunks(
-    context: dg.OpExecutionContext, manifest: pd.DataFrame, tagger_model: dict, platform: PlatformSettings
+    context: dg.OpExecutionContext, manifest: pd.DataFrame, tagger_model: dict, s3: S3Resource, platform: PlatformSettings
 ):
-    """Split the manifest into chunks sized by the cost model (pod start-up against per-image time)."""
+    """Take what this model version tagged before from the reuse index, and split the rest into chunks.
+
+    Sized by the cost model (pod start-up against per-image time) and the GPUs other batches hold. The
+    `planned` output always reaches the merge, so a manifest with nothing left to tag (no chunk, no GPU
+    step) still gets its table from the reused rows.
+    """
     settings = platform.settings
+    client = s3.get_client()
     model = ModelRef(**(manifest.attrs["model"] or tagger_model))
-    chunking = plan_for(settings, len(manifest))
-    context.log.info(f"plan: {chunking.describe()}; model {model.name} {model.version}")
+    positions, images = manifest["position"].tolist(), manifest["image_uri"].tolist()
+    started = time.perf_counter()
+    # Manifests stored before the "reuse" field existed take the default.
+    if manifest.attrs.get("reuse", True):
+        batch = {"manifest": manifest.attrs["manifest"], "partition": context.partition_key}
+        reused = reuse.plan_reuse(client, settings.warehouse_bucket, model, batch, context.run_id, positions, images)
+        reused_rows, positions, images = reused.rows, reused.positions, reused.images
+    else:
+        reused_rows = tags.empty_tag_table()
+    planned = engine.plan_batch(
+        client, settings.warehouse_bucket, context.partition_key, manifest.attrs["etag"], model, reused_rows
+    )
+    held = gpus_held(context.instance)
+    chunking = plan_for(settings, len(images), gpus_held=held) if images else None
+    context.log.info(
+        f"plan: {planned.reused:,} of {len(manifest):,} images tagged before by {model.name} {model.version} "
+        f"(looked up in {time.perf_counter() - started:.1f} s); "
+        + (chunking.describe() if chunking else "nothing left to tag: no tag_chunk step")
+    )
     for spec in engine.chunk_specs(
-        context.partition_key,
-        manifest.attrs["manifest"],
-        manifest.attrs["etag"],
-        manifest["position"].tolist(),
-        manifest["image_uri"].tolist(),
-        model,
-        chunking.chunk_images,
-        # Manifests stored before the "reuse" field existed take the default.
-        reuse_tags=manifest.attrs.get("reuse", True),
+        context.partition_key, manifest.attrs["manifest"], manifest.attrs["etag"], positions, images, model,
+        chunking.chunk_images if chunking else 1,
     ):
-        yield dg.DynamicOutput(spec, mapping_key=f"chunk_{spec.index:05d}")
+        yield dg.DynamicOutput(spec, mapping_key=f"chunk_{spec.index:05d}", output_name="chunks")
+    yield dg.Output(
+        planned,
+        output_name="planned",
+        metadata={
+            "reused": planned.reused,
+            "to_tag": len(images),
+            "gpus_held_by_other_batches": held,
+            **({"plan": dg.MetadataValue.json(chunking.as_dict())} if chunking else {}),
+        },
+    )
+
+
+def gpus_held(instance: dg.DagsterInstance) -> int:
+    """GPU steps running batches hold or wait for: the pool's claimed slots and its pending steps."""
+    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    return info.active_slot_count + info.pending_step_count
 
 
 @dg.op(
     tags=GPU_STEP_TAGS,
+    pool=GPU_POOL,
     retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
 def tag_chunk(
     context: dg.OpExecutionContext, spec: engine.ChunkSpec, s3: S3Resource, tagger: TaggerResource, platform: PlatformSettings
 ) -> engine.ChunkSpec:
-    """Tag one chunk; its rows land in the warehouse as one Parquet object, written once."""
+    """Tag one chunk, committing Parquet parts as it goes; a retry tags only what no part holds."""
+    settings = platform.settings
     client = s3.get_client()
     push = metrics.chunk_pusher(
-        platform.settings.metrics_pushgateway, spec.partition, spec.index, spec.model.name, spec.model.version
+        settings.metrics_pushgateway, spec.partition, spec.index, spec.model.name, spec.model.version
     )
 
     def report(stats: engine.ChunkStats) -> None:
@@ -67,48 +108,60 @@ def tag_chunk(
         push(stats)
 
     stats = engine.run_chunk(
-        client, platform.settings.warehouse_bucket, spec, context.run_id, lambda: tagger.load(client, spec.model), report
+        client, settings.warehouse_bucket, spec, context.run_id, lambda: tagger.load(client, spec.model), report,
+        checkpoint_images=settings.checkpoint_images, checkpoint_s=settings.checkpoint_s,
     )
     push(stats, done=True)
     verb = "found earlier result for" if stats.skipped else "tagged"
     context.log.info(
-        f"{verb} chunk {spec.index}: {stats.tagged} tagged ({stats.reused} reused from earlier runs), {stats.errors} errors"
+        f"{verb} chunk {spec.index}: {stats.tagged} tagged, {stats.errors} errors, "
+        f"{stats.resumed} of them committed by an earlier attempt"
     )
-    context.add_output_metadata({k: v for k, v in stats.as_dict().items()})
+    # Per attempt: what this attempt tagged itself, so a retry shows it redid none of the committed images.
+    tagged_now = 0 if stats.skipped else stats.tagged + stats.errors - stats.resumed
+    context.add_output_metadata({**stats.as_dict(), "attempt": context.retry_number, "tagged_this_attempt": tagged_now})
     return spec
 
 
 @dg.op(out=dg.Out(io_manager_key="warehouse_io_manager"))
-def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec], s3: S3Resource, platform: PlatformSettings) -> pa.Table:
-    """One table per manifest, in manifest order, from the chunks' Parquet objects."""
+def merge_chunks(
+    context: dg.OpExecutionContext,
+    planned: engine.PlannedBatch,
+    chunks: list[engine.ChunkSpec],
+    s3: S3Resource,
+    platform: PlatformSettings,
+) -> pa.Table:
+    """One table per manifest, in manifest order, from the reused rows and the chunks' committed parts."""
     client = s3.get_client()
     bucket = platform.settings.warehouse_bucket
     ordered = sorted(chunks, key=lambda s: s.index)
-    parts = [engine.read_chunk(client, bucket, spec) for spec in ordered]
-    table = pa.concat_tables(parts).cast(tags.TAG_SCHEMA) if parts else tags.empty_tag_table()
+    parts = [engine.read_reused(client, bucket, planned)] + [engine.read_chunk(client, bucket, spec) for spec in ordered]
+    table = pa.concat_tables(parts).cast(tags.TAG_SCHEMA)
     figures = [(spec.index, engine.chunk_stats(client, bucket, spec)) for spec in ordered]
     # The next manifests with these images (same ETag, same model version) take these tags instead of re-running.
-    indexed = reuse.record(client, bucket, ordered[0].partition, table) if ordered else 0
+    indexed = reuse.record(client, bucket, planned.partition, table)
     tagging_s = sum(f.get("wall_s", 0.0) for _, f in figures)
+    tagged = sum(f.get("images", 0) for _, f in figures)
     rows = "\n".join(
-        f"| {index} | {f.get('images', '')} | {f.get('reused', 0)} | {f.get('errors', '')} | {f.get('images_per_s', 0):.1f} | "
+        f"| {index} | {f.get('images', '')} | {f.get('resumed', 0)} | {f.get('errors', '')} | {f.get('images_per_s', 0):.1f} | "
         f"{f.get('model_load_s', 0):.1f} | {f.get('inference_s', 0):.1f} | {f.get('fetch_s', 0) + f.get('decode_s', 0):.1f} | "
         f"{f.get('peak_rss_mb', 0):,.0f} |"
         for index, f in figures
     )
     context.add_output_metadata(
         {
-            "chunks": len(parts),
+            "chunks": len(ordered),
             "images": table.num_rows,
-            "reused": sum(f.get("reused", 0) for _, f in figures),
+            "reused": planned.reused,
             "reuse_index_entries": indexed,
             # Lineage to the registry: which model version produced these tags.
-            **({"model": ordered[0].model.name, "model_version": ordered[0].model.version} if ordered else {}),
-            # Per step of tagging (all chunks' images over all chunks' tagging time), whatever ran in parallel.
-            "images_per_s_per_step": round(table.num_rows / tagging_s, 2) if tagging_s else 0.0,
+            "model": planned.model.name,
+            "model_version": planned.model.version,
+            # Per step of tagging (the chunks' images over all chunks' tagging time), whatever ran in parallel.
+            "images_per_s_per_step": round(tagged / tagging_s, 2) if tagging_s else 0.0,
             "chunk_figures": dg.MetadataValue.md(
-                "| chunk | images | reused | errors | images/s | model load s | inference s | fetch+decode s (threads) "
-                f"| peak memory MB |\n|---|---|---|---|---|---|---|---|---|\n{rows}"
+                "| chunk | images | resumed from checkpoints | errors | images/s | model load s | inference s "
+                f"| fetch+decode s (threads) | peak memory MB |\n|---|---|---|---|---|---|---|---|---|\n{rows}"
             ),
         }
     )
@@ -123,4 +176,5 @@ def merge_chunks(context: dg.OpExecutionContext, chunks: list[engine.ChunkSpec],
     description="One tag row per manifest image (tagged or errored), with lineage: model version, chunk, run.",
 )
 def image_tags(manifest: pd.DataFrame, tagger_model: dict) -> pa.Table:
-    return merge_chunks(plan_chunks(manifest, tagger_model).map(tag_chunk).collect())
+    chunks, planned = plan_chunks(manifest, tagger_model)
+    return merge_chunks(planned, chunks.map(tag_chunk).collect())

@@ -1,4 +1,5 @@
-"""Scale benchmark: manifests of 1M and 10M images, the listing sensor over a 100k-object bucket, and the planner."""
+"""Scale benchmark: manifests of 1M and 10M images, the listing sensor over a 100k-object bucket, the planner, and
+the GPU economics of the shipped settings (bench/economics.py, written to economics.json)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+from bench import economics
 from bench.common import RESULTS, emit, log, machine, peak_rss_mb, run_fresh, table, write_results
 from tagging_platform import intake
 from tagging_platform.manifests import parse_manifest
-from tagging_platform.planning import plan_chunks
+from tagging_platform.planning import plan_chunks, planning_options
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
@@ -27,7 +29,8 @@ FULL = Sizes(parse_images=1_000_000, big_images=10_000_000, objects=100_000)
 QUICK = Sizes(parse_images=100_000, big_images=1_000_000, objects=5_000)
 
 FORMATS = ("native", "sagemaker", "jsonl")
-PLAN = {"ms_per_image": 10, "startup_s": 300, "max_gpus": 8, "min_chunk_images": 500, "max_chunk_images": 200_000}
+# The shipped settings' planner inputs, so the figures are what a deployment does without overrides.
+PLAN = {k: v for k, v in planning_options(Settings()).items() if k not in ("deadline_min", "gpu_hour_usd")}
 PARSE_DEADLINE_MIN = 60
 PARSE_TARGET_S = 10.0
 PARSE_TARGET_MB = 500.0
@@ -84,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
         "planner_1m": _planner(),
     }
     write_results(out, results)
+    if not args.quick:
+        log("economics: plans with the shipped settings, and planning a 1M manifest against a 900,000-ETag index ...")
+        economics_results = economics.measure()
+        write_results(RESULTS / "economics.json", economics_results)
+        print(economics.render(economics_results), flush=True)
     # Flushed before the log line below, so that the table and the log stay in order when piped.
     print(render(results), flush=True)
     log(f"written to {out}")

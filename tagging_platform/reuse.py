@@ -8,8 +8,8 @@ the warehouse bucket, one small Parquet object per model version and batch:
 
 Each row is one ETag with its tags and its origin (the manifest, batch, run and chunk that first ran
 the model on it). A batch's merge writes its object once its tag table is complete, replacing what an
-earlier run of the same batch wrote, so no two writers ever share an object. A chunk looks its
-images' ETags up once, in the index of its model version only: each object's ETag column is matched
+earlier run of the same batch wrote, so no two writers ever share an object. Planning looks a
+manifest's ETags up once, before any chunk exists, in the index of its model version only: each object's ETag column is matched
 and only the row groups holding a match are decoded; no batch's tag table is ever read. A lookup
 still reads one object per batch that version has tagged: past some thousands of batches per
 version, compacting them into ETag-sharded objects is the next step. Error rows are never indexed:
@@ -22,6 +22,7 @@ import io
 import math
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -139,6 +140,68 @@ def earlier_version(s3_client, bucket: str, model: ModelRef, partition: str) -> 
         return None
     _, version, key = max(found)
     return version, pq.read_table(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+
+@dataclass(frozen=True)
+class Reused:
+    """What planning found already tagged by the model version: those images' rows, and the images left to tag."""
+
+    rows: pa.Table
+    positions: list[int]
+    images: list[str]
+
+
+# The chunk number of a row whose tags were reused at planning: no chunk (and no GPU step) touched it.
+REUSED_CHUNK = -1
+
+
+def plan_reuse(
+    s3_client, bucket: str, model: ModelRef, batch: dict[str, str], run_id: str, positions: list[int], images: list[str]
+) -> Reused:
+    """Split a manifest into the images this model version tagged before (same ETag) and the rest.
+
+    The images' current ETags come from listings of their folders (a HEAD each only for what a listing
+    misses), then one index lookup for the whole manifest. `batch` holds the row's lineage: manifest and
+    partition. An image whose ETag cannot be read is left to the tagger, which reports why.
+    """
+    return split_by_index(s3_client, bucket, model, batch, run_id, positions, images, current_etags(s3_client, images))
+
+
+def split_by_index(
+    s3_client, bucket: str, model: ModelRef, batch: dict[str, str], run_id: str, positions: list[int], images: list[str],
+    etags: list[str | None],
+) -> Reused:
+    """plan_reuse once the images' ETags are known: one index lookup, then the reused rows and the rest."""
+    found = lookup(s3_client, bucket, model, (e for e in etags if e))
+    rows, rest_positions, rest_images = [], [], []
+    for position, image, etag in zip(positions, images, etags, strict=True):
+        hit = found.get(etag) if etag else None
+        if hit is None:
+            rest_positions.append(position)
+            rest_images.append(image)
+            continue
+        rows.append(
+            {
+                "image": image,
+                "position": position,
+                "etag": etag,
+                "status": tags.STATUS_OK,
+                "error": None,
+                "tags": hit["tags"],
+                "top_tag": hit["top_tag"],
+                "top_confidence": hit["top_confidence"],
+                "model_name": model.name,
+                "model_version": model.version,
+                "manifest": batch["manifest"],
+                "partition": batch["partition"],
+                "chunk": REUSED_CHUNK,
+                "run_id": run_id,
+                # When the tags were made, and by which run: this row only carries them into this batch.
+                "tagged_at": hit["tagged_at"],
+                "reused_from": hit["origin"],
+            }
+        )
+    return Reused(tags.tag_table(rows), rest_positions, rest_images)
 
 
 def current_etags(s3_client, uris: list[str], workers: int = 16) -> list[str | None]:

@@ -101,10 +101,17 @@ class Settings(BaseSettings):
     # Chunk planning (see planning.py): a pod's start-up cost against the per-image cost.
     ms_per_image: float = 10.0
     startup_s: float = 300.0
+    # GPU steps all batches together may run at once: Dagster's "gpu" pool limit on tag_chunk as well.
     max_gpus: int = 8
     deadline_min: float = 60.0
     min_chunk_images: int = 500
-    max_chunk_images: int = 50_000
+    # Checkpoints bound what a lost pod redoes, so this bounds only a chunk's spec (its image list travels
+    # between steps); the deadline and TP_MAX_GPUS decide chunk sizes below it.
+    max_chunk_images: int = 500_000
+    # A tag_chunk step commits its rows as a Parquet part every this many images or seconds, whichever
+    # comes first; a retried attempt tags only what no part holds, so a lost pod loses at most one interval.
+    checkpoint_images: int = 10_000
+    checkpoint_s: float = 120.0
     # What one GPU-hour of the pool costs, for the cost `tagging-platform retag` estimates before re-tagging.
     gpu_hour_usd: float = 2.5
     # Published output (a native manifest's "output_format" overrides it): parts of this many records, or one
@@ -141,7 +148,7 @@ class Settings(BaseSettings):
     gpu_toleration_key: str = "nvidia.com/gpu"
     # k8s: a step pod the scheduler cannot place for this long (no GPU free, pool cordoned or at quota) fails
     # its step with the scheduler's reason instead of leaving the run pending forever. Longer than a GPU node
-    # takes to start from zero.
+    # takes to start from zero; a tag_chunk pod's limit adds what the waves of its plan ahead of it need.
     step_unschedulable_timeout_s: int = 900
     # The HTTP API (tagging_platform/api, `tagging-platform api`): where it listens, which Dagster
     # webserver it reads batch status from (GraphQL), and what it accepts.
@@ -214,11 +221,23 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
             raise ValueError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
+        self._validate_planning()
         for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):
             value = getattr(self, name)
             if value and not value.endswith("/"):
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must end with '/': {value!r}")
         return self
+
+    def _validate_planning(self) -> None:
+        for name in ("ms_per_image", "max_gpus", "deadline_min", "min_chunk_images", "checkpoint_images", "checkpoint_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"TP_{name.upper()} must be positive, not {getattr(self, name)!r}")
+        if self.startup_s < 0:
+            raise SettingsError(f"TP_STARTUP_S must not be negative, not {self.startup_s!r}")
+        if self.max_chunk_images < self.min_chunk_images:
+            raise SettingsError(
+                f"TP_MAX_CHUNK_IMAGES ({self.max_chunk_images}) must be at least TP_MIN_CHUNK_IMAGES ({self.min_chunk_images})"
+            )
 
     @property
     def output_root(self) -> str:

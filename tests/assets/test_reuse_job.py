@@ -65,14 +65,27 @@ def test_a_second_manifest_reuses_every_overlapping_image_and_reuse_false_tags_a
         }
         assert obj["run_id"] == second_run.run_id and obj["manifest"].endswith(f"{second_partition}.json")
     assert all("reused_from" not in second[uri] and second[uri]["tags"] for uri in new)
-    # Only the two new pictures went through the model: the tag_chunk steps' own figures say so.
-    chunk_outputs = [
-        e.event_specific_data.metadata
-        for e in second_run.all_events
-        if e.is_successful_output and e.step_key.startswith("image_tags.tag_chunk[")
-    ]
-    assert sum(m["reused"].value for m in chunk_outputs) == 3
-    assert sum(m["tagged"].value - m["reused"].value for m in chunk_outputs) == 2
+    # Planning took the three from the index: one tag_chunk step, for the two new pictures only.
+    chunk_outputs = _tag_chunk_outputs(second_run)
+    assert [(m["images"].value, m["tagged_this_attempt"].value) for m in chunk_outputs] == [(2, 2)]
+    assert _planned(second_run)["reused"].value == 3
+    # The k8s executor's limit for the run's tag_chunk pods comes from this plan: node start-up, one wave.
+    from resources.k8s_executor import planned_unschedulable_timeout
+
+    plan = _planned(second_run)["plan"].value
+    assert planned_unschedulable_timeout(registered_instance, second_run.run_id) == plan["unschedulable_timeout_s"]
+    assert plan["unschedulable_timeout_s"] == settings.step_unschedulable_timeout_s
+
+    # Every image tagged before: the plan yields no chunk, so no tag_chunk step (no GPU pod) starts, and the
+    # merge still makes the batch's table from the reused rows alone, published like any other.
+    all_seen_partition, all_seen_run = _tag(definitions, registered_instance, s3, settings, {"images": [*new, *seen]})
+    assert _tag_chunk_outputs(all_seen_run) == [] and not any(
+        e.step_key and "tag_chunk" in e.step_key for e in all_seen_run.all_events
+    )
+    assert _reused(all_seen_run) == 5
+    all_seen = _published(s3, settings, all_seen_partition)
+    assert sorted(all_seen) == sorted([*new, *seen])
+    assert all(obj["reused_from"] and obj["chunk"] == -1 for obj in all_seen.values())
 
     third_partition, third_run = _tag(
         definitions, registered_instance, s3, settings, {"images": [*copies, *new], "reuse": False}
@@ -81,6 +94,23 @@ def test_a_second_manifest_reuses_every_overlapping_image_and_reuse_false_tags_a
     assert _reused(third_run) == 0
     assert all("reused_from" not in obj and obj["run_id"] == third_run.run_id for obj in third.values())
     assert [third[uri]["tags"][0]["name"] for uri in copies] == [first[uri]["tags"][0]["name"] for uri in seen]
+
+
+def _tag_chunk_outputs(result) -> list[dict]:
+    return [
+        e.event_specific_data.metadata
+        for e in result.all_events
+        if e.is_successful_output and e.step_key.startswith("image_tags.tag_chunk[")
+    ]
+
+
+def _planned(result) -> dict:
+    [planned] = [
+        e.event_specific_data.metadata
+        for e in result.all_events
+        if e.is_successful_output and e.step_key == "image_tags.plan_chunks" and e.event_specific_data.step_output_handle.output_name == "planned"
+    ]
+    return planned
 
 
 def _body(s3, uri: str) -> bytes:

@@ -81,7 +81,8 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
     assert lineage["manifest"].endswith(f"{partition}.json") and lineage["run_id"] == result.run_id
     assert lineage["model"]["version"].startswith("sha256:") and lineage["etag"]
 
-    # Re-running the partition reuses the chunk results: no duplicated rows, no duplicated objects.
+    # Re-running the partition takes every tagged image from the reuse index at planning (errors are tried
+    # again): no duplicated rows, no duplicated objects.
     rerun = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
     assert rerun.success
     stored = s3.get_object(
@@ -91,7 +92,9 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
     assert sorted(rows.column("image").to_pylist()) == sorted(uris)
     marker_again, objects_again = _published(s3, settings, partition)
     assert sorted(o["image"] for o in objects_again) == sorted(uris)
-    assert {o["run_id"] for o in objects_again} == {result.run_id}  # tags come from the first run's chunks
+    assert {o["run_id"] for o in objects_again} == {rerun.run_id}
+    # The tags themselves come from the first run.
+    assert {o["reused_from"]["run_id"] for o in objects_again if o["status"] == "ok"} == {result.run_id}
     assert marker_again["run_id"] == rerun.run_id
 
 

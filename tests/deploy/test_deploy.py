@@ -324,11 +324,15 @@ def test_the_s3_manifest_notification_sends_only_new_manifests_to_the_queue():
 
 
 def test_production_runs_one_run_per_batch_and_retries_a_failed_run_as_the_fault_tests_do():
-    from tagging_platform.local import _INSTANCE_YAML
+    from tagging_platform.local import instance_yaml
 
     values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
     daemon = values["dagsterDaemon"]
-    local = yaml.safe_load(_INSTANCE_YAML)
-    queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
-    assert queued["tagConcurrencyLimits"] == local["run_coordinator"]["config"]["tag_concurrency_limits"]
+    production = Settings.from_env(settings_configmap())
+    local = yaml.safe_load(instance_yaml(production))
+    assert values["concurrency"]["runs"]["tagConcurrencyLimits"] == local["concurrency"]["runs"]["tag_concurrency_limits"]
+    # One GPU budget: the pool every tag_chunk step takes a slot of is limited to TP_MAX_GPUS, per step.
+    pools = values["concurrency"]["pools"]
+    assert (pools["defaultLimit"], pools["granularity"]) == (production.max_gpus, "op")
+    assert local["concurrency"]["pools"] == {"default_limit": production.max_gpus, "granularity": "op"}
     assert daemon["runRetries"] == {"enabled": True, "maxRetries": local["run_retries"]["max_retries"]}

@@ -27,3 +27,17 @@ def test_the_operations_guide_covers_every_file_in_deploy():
     shipped = {re.sub(r"deploy/prometheus/.*", "deploy/prometheus/", s) for s in shipped}
     missing = {s for s in shipped if s not in guide}
     assert not missing, f"docs/operations.md does not explain {sorted(missing)}"
+
+
+def test_the_sizing_table_is_the_planners_under_the_shipped_settings():
+    from tagging_platform.planning import sizing_table
+    from tagging_platform.settings import Settings
+
+    guide = (DOCS / "operations.md").read_text()
+    match = re.search(r"<!-- sizing:begin -->\n(.*?)\n?<!-- sizing:end -->", guide, re.S)
+    assert match, "docs/operations.md has no sizing table markers"
+    fresh = sizing_table(Settings())
+    assert match.group(1).strip() == fresh, (
+        "docs/operations.md's sizing table is stale: put `tagging-platform plan --sizing` (shipped settings) "
+        f"between its markers:\n{fresh}"
+    )

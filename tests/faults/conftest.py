@@ -33,6 +33,7 @@ RESULTS = REPO / "bench" / "results" / "faults.json"
 # Four photographs in chunks of two: every fault meets a run with several tag_chunk steps.
 IMAGES_PER_MANIFEST = 4
 CHUNK_IMAGES = 2
+CHECKPOINT_IMAGES = 1
 RUN_TIMEOUT_S = 420
 
 
@@ -64,7 +65,9 @@ class FaultPlatform:
             "TP_S3_ENDPOINT": self.proxy.endpoint,
             "TP_MAX_CHUNK_IMAGES": str(CHUNK_IMAGES),
             "TP_MIN_CHUNK_IMAGES": "1",
-            "TP_BATCH_SIZE": str(CHUNK_IMAGES),
+            # A row per image and a checkpoint per row: a step killed mid-chunk has committed what it tagged.
+            "TP_BATCH_SIZE": "1",
+            "TP_CHECKPOINT_IMAGES": str(CHECKPOINT_IMAGES),
             "TP_FETCH_WORKERS": "2",
             "TP_SENSOR_INTERVAL_S": "2",
             "TP_METRICS_PUSHGATEWAY": "",
@@ -88,9 +91,8 @@ class FaultPlatform:
     def start(self) -> FaultPlatform:
         self._s3_server = EmbeddedS3(self.s3_port).start(self.direct)
         self.proxy.start()
-        url = self.postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-        # The local deployment's own instance settings (run queue, per-batch run limit, run monitoring).
-        (self.home / "dagster.yaml").write_text(local._INSTANCE_YAML + local._POSTGRES_YAML.format(url=url))
+        # The local deployment's own instance settings (run queue, per-batch run limit, GPU pool, run monitoring).
+        (self.home / "dagster.yaml").write_text(local.instance_yaml(self.settings, self.postgres_url))
         (self.home / "workspace.yaml").write_text(
             f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {self.code_port}\n"
             "      location_name: tagging\n"
@@ -459,6 +461,7 @@ class FaultResults:
                     "generated_by": "make test-faults (tests/faults/)",
                     "images_per_manifest": IMAGES_PER_MANIFEST,
                     "chunk_images": CHUNK_IMAGES,
+                    "checkpoint_images": CHECKPOINT_IMAGES,
                     "faults": faults,
                 },
                 indent=2,

@@ -1,15 +1,18 @@
 """Processes dying under a running batch: a tag_chunk step killed mid-chunk, the daemon and the webserver
 restarted, PostgreSQL (Dagster's storage) dropping every connection."""
 
+import io
 import os
 import signal
 import time
 import uuid
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.conftest import (
+    CHECKPOINT_IMAGES,
     MarkerWatcher,
     assert_every_image_once,
     image_key_matcher,
@@ -42,6 +45,61 @@ def test_a_tag_chunk_process_killed_mid_chunk_is_retried_without_duplicates(
     # The crash was seen as the step's failure and its retry policy ran it again, in the same run.
     assert retried == [step_key]
     assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+
+
+def test_a_tag_chunk_process_killed_after_a_checkpoint_is_retried_tagging_only_the_rest(
+    platform, manifest_photographs, fault_results
+):
+    uris = platform.upload_images(manifest_photographs)
+    partition = f"checkpoint-{uuid.uuid4().hex[:6]}"
+    # The second chunk tags its first image, commits it (a checkpoint per image), then waits on its second.
+    reached, release = platform.proxy.hold(image_key_matcher(uris[3:4]))
+    with MarkerWatcher(platform, partition, {}) as watcher:
+        submit_watched(platform, partition, uris, watcher)
+        wait_for(reached.is_set, 420, "the second chunk to fetch its second image")
+        run_id, step_key, pid = platform.wait_for_step(partition, "image_tags.tag_chunk[chunk_00001]")
+        committed = wait_for(lambda: _chunk_parts(platform, partition, 1), 120, "the second chunk's first checkpoint")
+        os.kill(pid, signal.SIGKILL)
+        release.set()
+        runs = platform.wait_for_finished_runs(partition)
+    killed_attempt = {_attempt(key) for key in committed}
+    parts = _chunk_parts(platform, partition, 1)
+    retry_parts = {key: positions for key, positions in parts.items() if _attempt(key) not in killed_attempt}
+    committed_positions = {p for key, positions in parts.items() if _attempt(key) in killed_attempt for p in positions}
+    retagged = sum(len(set(positions) & committed_positions) for positions in retry_parts.values())
+    [retry_output] = [
+        e.event_specific_data.metadata for e in platform.step_events(run_id, "STEP_OUTPUT") if e.step_key == step_key
+    ]
+    assert_every_image_once(
+        platform, fault_results, "tag_chunk_killed_after_a_checkpoint", partition, uris, watcher, runs,
+        killed_step=step_key,
+        checkpoint_images=CHECKPOINT_IMAGES,
+        committed_before_kill=len(committed_positions),
+        tagged_by_retry=retry_output["tagged_this_attempt"].value,
+        resumed_by_retry=retry_output["resumed"].value,
+        retagged_after_kill=retagged,
+    )
+    # The retry read the killed attempt's part and tagged only the image it did not hold.
+    assert len(committed_positions) == 1 and retagged == 0
+    assert (retry_output["resumed"].value, retry_output["tagged_this_attempt"].value) == (1, 1)
+    assert retry_output["attempt"].value == 1
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+
+
+def _chunk_parts(platform, partition: str, index: int) -> dict[str, list[int]]:
+    """{part key: positions} of a chunk's committed parts in the warehouse."""
+    client, bucket = platform.s3(), platform.settings.warehouse_bucket
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"chunks/partition={partition}/")
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {
+        key: pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read())).column("position").to_pylist()
+        for key in keys
+        if f"/chunk-{index:05d}-" in key and key.rsplit("/", 1)[-1].startswith("part-")
+    }
+
+
+def _attempt(part_key: str) -> str:
+    return part_key.rsplit("-", 1)[-1].removesuffix(".parquet")
 
 
 def test_daemon_and_webserver_restarted_mid_run_lose_no_run_and_repeat_no_manifest(

@@ -84,10 +84,7 @@ def test_an_image_s3_cannot_serve_fails_its_chunk_for_a_retry_instead_of_becomin
     fault, embedded_s3, s3, settings, model_ref, photographs, upload_images, tagger
 ):
     uris = upload_images(dict(list(photographs.items())[:2]))
-    # Without reuse: photographs another test tagged would come from the reuse index, and no GET would be made.
-    [spec] = engine.chunk_specs(
-        f"s3-away-{fault}", "s3://manifests/x.json", uuid.uuid4().hex, [0, 1], uris, model_ref, 2, reuse_tags=False
-    )
+    [spec] = engine.chunk_specs(f"s3-away-{fault}", "s3://manifests/x.json", uuid.uuid4().hex, [0, 1], uris, model_ref, 2)
     proxy = S3FaultProxy(embedded_s3.port).start()
     # Two attempts, not the platform's eight: the same giving up, sooner.
     client = boto3.client(

@@ -2,7 +2,9 @@
 
 import dataclasses
 import io
+import json
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -62,8 +64,7 @@ def test_bad_images_become_error_rows_with_reasons(s3, tagger, photographs, uplo
 
 def test_a_chunk_result_is_written_once_and_a_rerun_skips_the_work(s3, settings, photographs, upload_images, model_ref):
     uris = upload_images({"a.jpg": photographs["flower.jpg"], "b.jpg": photographs["china.jpg"]})
-    # Without reuse: another test may have tagged the same photographs, and this one is about chunk results.
-    spec = dataclasses.replace(_spec(uris, model_ref, index=3, etag=f"etag-{uris[0]}"), reuse=False)
+    spec = _spec(uris, model_ref, index=3, etag=f"etag-{uris[0]}")
     loads = []
 
     def load():
@@ -81,6 +82,69 @@ def test_a_chunk_result_is_written_once_and_a_rerun_skips_the_work(s3, settings,
     table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
     assert table.num_rows == 2 and set(table.column("run_id").to_pylist()) == {"run-1"}
     assert table.schema.equals(tags.TAG_SCHEMA, check_metadata=False)
+
+
+def _parts(s3, bucket, spec):
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{spec.result_prefix}part-").get("Contents", [])
+    return sorted(item["Key"] for item in listed)
+
+
+def test_a_chunk_commits_a_part_every_checkpoint_and_its_marker_last(s3, tagger, settings, photographs, upload_images, model_ref):
+    uris = upload_images({f"{i}-{name}": body for i, (name, body) in enumerate(list(photographs.items())[:5])})
+    spec = _spec(uris, model_ref, etag=f"checkpoints-{uris[0]}")
+    tagger = dataclasses.replace(tagger, batch_size=1)
+    stats = engine.run_chunk(s3, settings.warehouse_bucket, spec, "run-1", lambda: tagger, checkpoint_images=2)
+    parts = _parts(s3, settings.warehouse_bucket, spec)
+    # Five images, a checkpoint every two: parts of 2, 2 and the last 1, all listed by the marker.
+    assert (stats.parts, len(parts), stats.resumed, stats.tagged + stats.errors) == (3, 3, 0, 5)
+    marker = json.loads(s3.get_object(Bucket=settings.warehouse_bucket, Key=spec.result_key)["Body"].read())
+    assert sorted(marker["parts"]) == parts
+    latest_part = max(s3.head_object(Bucket=settings.warehouse_bucket, Key=k)["LastModified"] for k in parts)
+    assert s3.head_object(Bucket=settings.warehouse_bucket, Key=spec.result_key)["LastModified"] >= latest_part
+    table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
+    assert sorted(table.column("position").to_pylist()) == [0, 1, 2, 3, 4]
+
+
+def test_a_retried_attempt_tags_only_what_no_committed_part_holds(s3, tagger, settings, photographs, upload_images, model_ref):
+    """What a killed attempt leaves (parts for its first images, no marker) and what the retry then does."""
+    uris = upload_images({f"{i}-{name}": body for i, (name, body) in enumerate(list(photographs.items())[:5])})
+    spec = _spec(uris, model_ref, etag=f"resumed-{uris[0]}")
+    tagger = dataclasses.replace(tagger, batch_size=1)
+    # The killed attempt: it committed its first three images as parts (checkpoint every 2), then died.
+    killed = engine.Checkpoint(s3, settings.warehouse_bucket, spec, every_images=2, every_s=3600)
+    head = dataclasses.replace(spec, positions=spec.positions[:3], images=spec.images[:3])
+    rows, _ = tagger.tag(s3, head, "attempt-1", checkpoint=killed)
+    killed.commit(rows)
+    assert engine.chunk_stats(s3, settings.warehouse_bucket, spec) == {}, "no marker before the chunk is complete"
+
+    retried = engine.run_chunk(s3, settings.warehouse_bucket, spec, "attempt-2", lambda: tagger, checkpoint_images=2)
+    assert (retried.resumed, retried.images, retried.tagged + retried.errors) == (3, 5, 5)
+    table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
+    by_position = dict(zip(table.column("position").to_pylist(), table.column("run_id").to_pylist(), strict=True))
+    # Every image once; the retry tagged none of the committed three.
+    assert by_position == {0: "attempt-1", 1: "attempt-1", 2: "attempt-1", 3: "attempt-2", 4: "attempt-2"}
+
+
+def test_parts_of_attempts_running_at_once_add_no_image_twice(s3, tagger, settings, photographs, upload_images, model_ref):
+    """A pod presumed dead that was still running: its parts overlap another attempt's, or land after the marker."""
+    uris = upload_images({f"{i}-{name}": body for i, (name, body) in enumerate(list(photographs.items())[:3])})
+    spec = _spec(uris, model_ref, etag=f"zombie-{uris[0]}")
+    tagger = dataclasses.replace(tagger, batch_size=1)
+
+    def commit(attempt: engine.Checkpoint, images: slice, run_id: str) -> None:
+        part = dataclasses.replace(spec, positions=spec.positions[images], images=spec.images[images])
+        attempt.commit(tagger.tag(s3, part, run_id)[0])
+
+    one, two = (engine.Checkpoint(s3, settings.warehouse_bucket, spec, every_images=10, every_s=3600) for _ in "12")
+    commit(one, slice(0, 1), "one")
+    commit(two, slice(0, 2), "two")  # started from nothing too: image 0 is in both parts
+    stats = engine.run_chunk(s3, settings.warehouse_bucket, spec, "three", lambda: tagger)
+    commit(one, slice(1, 3), "one")  # after the marker: not part of the chunk
+    assert (stats.resumed, stats.tagged + stats.errors) == (2, 3)
+    table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
+    rows = dict(zip(table.column("position").to_pylist(), table.column("run_id").to_pylist(), strict=True))
+    # Image 0 from whichever of the two overlapping parts sorts first; each image once.
+    assert table.num_rows == 3 and rows[0] in {"one", "two"} and (rows[1], rows[2]) == ("two", "three")
 
 
 def test_a_changed_manifest_gets_a_fresh_chunk_result(model_ref):
@@ -148,7 +212,7 @@ def test_jpegs_decoded_by_torchvision_in_batches_tag_like_pillow(s3, photographs
         "cat.png": png.getvalue(),
     }
     uris = upload_images(images)
-    spec = dataclasses.replace(_spec(uris, model_ref), reuse=False)
+    spec = _spec(uris, model_ref)
     options = {"device": "cpu", "batch_size": 4, "fetch_workers": 2}
     by_device, device_stats = engine.Tagger.load(s3, model_ref, jpeg_device="cpu", **options).tag(s3, spec, "run-1")
     by_pillow, pillow_stats = engine.Tagger.load(s3, model_ref, **options).tag(s3, spec, "run-1")

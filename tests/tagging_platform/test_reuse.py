@@ -1,7 +1,9 @@
 """Reuse of earlier tags by (ETag, model version): the index in the warehouse and chunks that consult it."""
 
 import uuid
+from dataclasses import dataclass
 
+import pyarrow as pa
 import pytest
 
 from tagging_platform import engine, reuse, tags
@@ -13,24 +15,45 @@ def unique(jpeg: bytes) -> bytes:
     return jpeg + b"\0" + uuid.uuid4().bytes
 
 
+@dataclass
+class Batch:
+    reused: int
+    tagged: int  # images with tags, reused or tagged now
+    errors: int
+    images: int
+    chunks: int
+
+
 @pytest.fixture
 def run(s3, settings, model_ref):
-    """Runs one chunk of a batch as tag_chunk does, then indexes it as merge_chunks does; counts model loads."""
+    """Runs a batch as the image_tags asset does: reuse decided at planning, one chunk of the rest, the merge's
+    table indexed for reuse. Counts model loads."""
     loads = []
 
     def load():
         loads.append(1)
         return engine.Tagger.load(s3, model_ref, device="cpu", batch_size=4, fetch_workers=2)
 
-    def run_batch(partition: str, uris: list[str], run_id: str, reuse_tags: bool = True) -> tuple[engine.ChunkStats, dict]:
-        [spec] = engine.chunk_specs(
-            partition, f"s3://manifests/incoming/{partition}.json", f"etag-{partition}-{run_id}",
-            range(len(uris)), uris, model_ref, chunk_images=len(uris), reuse_tags=reuse_tags,
-        )
-        stats = engine.run_chunk(s3, settings.warehouse_bucket, spec, run_id, load)
-        table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
+    def run_batch(partition: str, uris: list[str], run_id: str, reuse_tags: bool = True) -> tuple[Batch, dict]:
+        manifest, manifest_etag = f"s3://manifests/incoming/{partition}.json", f"etag-{partition}-{run_id}"
+        positions, images = list(range(len(uris))), list(uris)
+        reused_rows = tags.empty_tag_table()
+        if reuse_tags:
+            found = reuse.plan_reuse(
+                s3, settings.warehouse_bucket, model_ref, {"manifest": manifest, "partition": partition}, run_id,
+                positions, images,
+            )
+            reused_rows, positions, images = found.rows, found.positions, found.images
+        planned = engine.plan_batch(s3, settings.warehouse_bucket, partition, manifest_etag, model_ref, reused_rows)
+        specs = engine.chunk_specs(partition, manifest, manifest_etag, positions, images, model_ref, max(1, len(images)))
+        for spec in specs:
+            engine.run_chunk(s3, settings.warehouse_bucket, spec, run_id, load)
+        parts = [engine.read_reused(s3, settings.warehouse_bucket, planned)]
+        table = pa.concat_tables(parts + [engine.read_chunk(s3, settings.warehouse_bucket, spec) for spec in specs])
         reuse.record(s3, settings.warehouse_bucket, partition, table)
-        return stats, {row["image"]: row for row in table.to_pylist()}
+        errors = table.column("status").to_pylist().count(tags.STATUS_ERROR)
+        batch = Batch(planned.reused, table.num_rows - errors, errors, table.num_rows, len(specs))
+        return batch, {row["image"]: row for row in table.to_pylist()}
 
     run_batch.loads = loads
     return run_batch
@@ -57,8 +80,9 @@ def test_a_second_batch_reuses_every_image_seen_before_and_tags_only_the_new_one
         assert row["reused_from"] == {
             "manifest": "s3://manifests/incoming/reuse-a.json", "partition": "reuse-a", "run_id": "run-a", "chunk": 0,
         }
-        # The row belongs to this batch and run; only its tags come from the first one.
+        # The row belongs to this batch and run, and to no chunk; only its tags come from the first one.
         assert (row["partition"], row["run_id"], row["position"]) == ("reuse-b", "run-b", second_uris.index(again))
+        assert row["chunk"] == reuse.REUSED_CHUNK
         assert row["tagged_at"] == first[original]["tagged_at"]
     assert second[second_uris[2]]["reused_from"] is None and second[second_uris[2]]["tags"]
     assert tags.tag_object(second[second_uris[0]])["reused_from"]["run_id"] == "run-a"
@@ -74,12 +98,12 @@ def test_reuse_names_the_run_that_first_produced_the_tags_not_the_last_that_reus
     assert stats.reused == 1 and third[c]["reused_from"]["run_id"] == "run-1"
 
 
-def test_a_chunk_of_images_all_seen_before_never_loads_the_model(run, s3, photographs, upload_images):
+def test_a_batch_of_images_all_seen_before_has_no_chunk_and_never_loads_the_model(run, s3, photographs, upload_images):
     uris = upload_images({"a.jpg": unique(photographs["china.jpg"])})
     run("load-1", uris, "run-1")
     loads_before = len(run.loads)
     stats, _ = run("load-2", upload_images({"b.jpg": _body(s3, uris[0])}), "run-2")
-    assert stats.reused == 1 and len(run.loads) == loads_before
+    assert (stats.reused, stats.chunks) == (1, 0) and len(run.loads) == loads_before
 
 
 def test_images_that_failed_are_tried_again_not_reused(run, photographs, upload_images):
@@ -112,7 +136,7 @@ def test_a_changed_image_under_the_same_key_is_tagged_again(run, s3, photographs
 
 def test_another_model_version_does_not_see_the_index(s3, settings, model_ref, photographs, upload_images):
     uris = upload_images({"a.jpg": unique(photographs["rocket.jpg"])})
-    [spec] = engine.chunk_specs("other-1", "s3://m/other-1.json", "e", [0], uris, model_ref, chunk_images=1)
+    [spec] = engine.chunk_specs("other-1", "s3://m/other-1.json", uuid.uuid4().hex, [0], uris, model_ref, chunk_images=1)
     engine.run_chunk(s3, settings.warehouse_bucket, spec, "run-1", lambda: engine.Tagger.load(s3, model_ref, device="cpu"))
     table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
     assert reuse.record(s3, settings.warehouse_bucket, "other-1", table) == 1
