@@ -115,6 +115,8 @@ EXPECTED_GRANTS = {
         ("sqs:GetQueueAttributes", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
         ("sqs:ReceiveMessage", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
         ("sqs:DeleteMessage", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
+        ("sqs:GetQueueUrl", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events-dead-letter"),
+        ("sqs:SendMessage", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events-dead-letter"),
     },
     "api": {
         ("s3:GetObject", "arn:aws:s3:::acme-customer-images/*"),
@@ -138,7 +140,7 @@ CALL_ACTIONS = {
     "delete_object": "s3:DeleteObject", "delete_objects": "s3:DeleteObject", "list_objects_v2": "s3:ListBucket",
     "get_paginator": "s3:ListBucket", "receive_message": "sqs:ReceiveMessage",
     "delete_message_batch": "sqs:DeleteMessage", "get_queue_url": "sqs:GetQueueUrl",
-    "get_queue_attributes": "sqs:GetQueueAttributes",
+    "get_queue_attributes": "sqs:GetQueueAttributes", "send_message": "sqs:SendMessage",
 }
 # Calls only the embedded (local) S3/SQS set-up makes; production buckets and queues are made by the operator.
 LOCAL_ONLY_CALLS = {"create_bucket", "list_buckets", "create_queue", "put_bucket_notification_configuration", "head_bucket"}
