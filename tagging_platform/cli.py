@@ -112,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     api_key.add_argument("action", choices=["create"])
     api_key.add_argument("customer", help="lowercase letters, digits and '-'")
     api_key.add_argument("--output-prefix", action="append", default=[], help="s3://bucket/prefix/ (repeatable)")
-    api_key.add_argument("--image-prefix", action="append", default=[], help="restrict images and manifests to these")
+    images = api_key.add_mutually_exclusive_group()
+    images.add_argument(
+        "--image-prefix", action="append", default=[],
+        help="where its images and manifests may come from (repeatable); default: s3://<images bucket>/<customer>/",
+    )
+    images.add_argument(
+        "--all-images", action="store_true",
+        help="let it read every allowed image location of the deployment (other customers' images too)",
+    )
     api_key.add_argument("--rotate", action="store_true", help="replace the customer's existing key")
 
     args = parser.parse_args(argv)
@@ -128,7 +136,7 @@ def run_api(args) -> int:
     from tagging_platform.api import serve
 
     if args.command == "api-key":
-        return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate)
+        return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate, args.all_images)
     if args.dev:
         settings = Settings.from_env()
         host, port = args.host or settings.api_host, args.port or settings.api_port
