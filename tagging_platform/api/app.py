@@ -280,18 +280,21 @@ class BodyLimit:
 
 # An API key as keys.py makes them (tp_<customer>_<secret>), wherever in a line it was put.
 _KEY_SHAPED = re.compile(r"tp_[a-z0-9-]{1,40}_[A-Za-z0-9_-]+")
-# The query string of a request line: keys, tokens and signatures travel there.
-_QUERY = re.compile(r"\?[^\s\"]*")
-
-
 class RedactSecrets(logging.Filter):
-    """Drops query strings from request lines and masks anything shaped like an API key, in any record."""
+    """Drops the query string from access-log lines and masks anything shaped like an API key, in any record.
+
+    The record keeps its shape (uvicorn's access formatter unpacks its five arguments): only strings change.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = _KEY_SHAPED.sub("tp_[redacted]", _QUERY.sub("", message) if record.name == "uvicorn.access" else message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            client, method, path, version, status = args
+            args = (client, method, str(path).split("?", 1)[0], version, status)
+        if isinstance(args, tuple):
+            record.args = tuple(_KEY_SHAPED.sub("tp_[redacted]", a) if isinstance(a, str) else a for a in args)
+        if isinstance(record.msg, str):
+            record.msg = _KEY_SHAPED.sub("tp_[redacted]", record.msg)
         return True
 
 
@@ -361,7 +364,11 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         api_key: Annotated[str | None, Depends(api_key_header)],
     ) -> Customer:
-        key = api_key or (credentials.credentials if credentials else None)
+        bearer_key = credentials.credentials if credentials else None
+        if api_key and bearer_key and api_key != bearer_key:
+            # Which one would count is a guess; a client that sends two keys gets neither.
+            raise ApiError(401, "invalid_api_key", "two different API keys were sent (Authorization and X-API-Key)")
+        key = api_key or bearer_key
         if not key:
             raise ApiError(401, "unauthenticated", "an API key is required: Authorization: Bearer <key> or X-API-Key")
         found = customers.authenticate(key)

@@ -205,7 +205,8 @@ class Batches:
 
     def record(self, customer: Customer, batch_id: str) -> dict[str, Any]:
         """The customer's own record of a batch; another customer's batch is as unknown as a missing one."""
-        if not BATCH_ID.match(batch_id):
+        # Every batch id the API gives a customer starts with its name: anything else is not looked up at all.
+        if not BATCH_ID.match(batch_id) or not batch_id.startswith(f"{customer.name}-"):
             raise ApiError(404, "batch_not_found", f"no batch {batch_id[:200]!r}")
         body = read_bytes(self.s3, self.settings.warehouse_bucket, self._record_key(customer, batch_id))
         if body is None:
