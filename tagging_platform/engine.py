@@ -67,7 +67,7 @@ class ChunkSpec:
     @property
     def progress_key(self) -> str:
         """Where the chunk's figures so far land while it runs (the API's batch status reads them)."""
-        return f"chunks/partition={self.partition}/model={self.model.name}-{self.model.short_version}/progress/chunk-{self.index:05d}.json"
+        return f"{layout.chunks_prefix(self.partition)}model={self.model.name}-{self.model.short_version}/progress/chunk-{self.index:05d}.json"
 
     @property
     def result_key(self) -> str:
