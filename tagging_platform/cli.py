@@ -112,17 +112,30 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
     api.add_argument("--s3-port", type=int, default=EMBEDDED_S3_PORT)
     api.add_argument("--dagster-port", type=int, default=3000)
+    status = commands.add_parser(
+        "status", help="a batch's state, progress, counts and checks, over the HTTP API with your key (TP_API_KEY)"
+    )
+    status.add_argument("batch_id")
+    status.add_argument("--api-url", help="default: TP_API_PUBLIC_URL, else http://TP_API_HOST:TP_API_PORT")
     api_key = commands.add_parser("api-key", help="API keys: one per customer, stored hashed")
     api_key.add_argument("action", choices=["create"])
     api_key.add_argument("customer", help="lowercase letters, digits and '-'")
     api_key.add_argument("--output-prefix", action="append", default=[], help="s3://bucket/prefix/ (repeatable)")
-    api_key.add_argument("--image-prefix", action="append", default=[], help="restrict images and manifests to these")
+    images = api_key.add_mutually_exclusive_group()
+    images.add_argument(
+        "--image-prefix", action="append", default=[],
+        help="where its images and manifests may come from (repeatable); default: s3://<images bucket>/<customer>/",
+    )
+    images.add_argument(
+        "--all-images", action="store_true",
+        help="let it read every allowed image location of the deployment (other customers' images too)",
+    )
     api_key.add_argument("--rotate", action="store_true", help="replace the customer's existing key")
 
     args = parser.parse_args(argv)
     commands_by_name = {
         "demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query, "model": run_model,
-        "api": run_api, "api-key": run_api, "retag": run_retag,
+        "api": run_api, "api-key": run_api, "status": run_status, "retag": run_retag,
         "compare": run_compare,
     }
     return commands_by_name[args.command](args)
@@ -132,12 +145,46 @@ def run_api(args) -> int:
     from tagging_platform.api import serve
 
     if args.command == "api-key":
-        return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate)
+        return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate, args.all_images)
     if args.dev:
         settings = Settings.from_env()
         host, port = args.host or settings.api_host, args.port or settings.api_port
         return serve.run_dev(args.workspace, host, port, args.s3_port, args.dagster_port)
     return serve.serve(Settings.from_env(), args.host, args.port)
+
+
+def run_status(args) -> int:
+    """Exit 0 when the batch succeeded, queued or running; 1 when it completed with errors or failed; 2 on errors."""
+    import os
+
+    import requests
+
+    key = os.environ.get("TP_API_KEY")
+    if not key:
+        print("error: set TP_API_KEY to your API key", file=sys.stderr)
+        return 2
+    url = (args.api_url or Settings.from_env().api_base_url).rstrip("/")
+    try:
+        response = requests.get(f"{url}/v1/batches/{args.batch_id}", headers={"X-API-Key": key}, timeout=60)
+        body = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        print(f"error: {url}: {exc}", file=sys.stderr)
+        return 2
+    if response.status_code != 200:
+        print(f"error: {response.status_code} {body['error']['code']}: {body['error']['message']}", file=sys.stderr)
+        return 2
+    counts = body["counts"]
+    print(
+        f"batch {body['batch_id']}: {body['state']}, {body['progress']:.0%} done, "
+        f"{counts['tagged']} of {counts['images']} images tagged, {counts['errors']} errors"
+    )
+    if body["error"]:
+        print(f"  error{' in ' + body['error']['step'] if body['error']['step'] else ''}: {body['error']['message']}")
+    for check in body["checks"]:
+        print(f"  check {check['name']}: {'passed' if check['passed'] else 'FAILED (' + check['severity'] + ')'}")
+    if body["result"]:
+        print(f"  tags in {body['result']['location']}")
+    return 1 if body["state"] in ("completed_with_errors", "failed") else 0
 
 
 def run_query(args) -> int:

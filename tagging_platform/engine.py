@@ -27,7 +27,7 @@ from botocore.exceptions import ConnectionError as S3ConnectionError
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from tagging_platform import layout, models, tags
 from tagging_platform.s3 import is_not_found, list_objects, read_bytes, split_uri
@@ -35,6 +35,23 @@ from tagging_platform.s3 import is_not_found, list_objects, read_bytes, split_ur
 # Pillow's own guard warns at 89M pixels and fails at twice that; we fail at the warning level, with a reason.
 MAX_IMAGE_PIXELS = 89_478_485
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+# A large image is reduced by a whole factor that leaves at least this many times the resize target before
+# the antialiased resize: Pillow's thumbnail default, indistinguishable from resizing the full image.
+REDUCING_GAP = 2
+# EXIF orientation -> the transpose that turns the image upright (as ImageOps.exif_transpose does).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class ImageTooLarge(Image.DecompressionBombError):
+    """An image whose header declares more pixels than allowed; nothing of it was decoded."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,11 @@ class ChunkSpec:
         content = "\n".join((self.manifest_etag, *self.images))
         digest = hashlib.sha256(content.encode()).hexdigest()[:16]
         return layout.chunk_prefix(self.partition, self.model.name, self.model.short_version, self.index, digest)
+
+    @property
+    def progress_key(self) -> str:
+        """Where the chunk's figures so far land while it runs (the API's batch status reads them)."""
+        return f"{layout.chunks_prefix(self.partition)}model={self.model.name}-{self.model.short_version}/progress/chunk-{self.index:05d}.json"
 
     @property
     def result_key(self) -> str:
@@ -166,16 +188,41 @@ class Tagger:
 
     def decode(self, data: bytes):
         """Bytes of an image file to the model's input tensor, or an exception naming the problem."""
-        prep = self.card.preprocessing
-        with Image.open(io.BytesIO(data)) as opened:
-            width, height = opened.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(
-                    f"image is {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS} pixels"
-                )
-            # JPEG draft mode decodes at a reduced scale that still covers the resize target: far less work.
-            opened.draft("RGB", (prep.resize, prep.resize))
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+        with self.open_image(data) as opened:
+            return self.decode_opened(opened)
+
+    def open_image(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
+        """The image's header read (Pillow opens lazily: no pixel is decoded yet), refused over `max_pixels`.
+
+        A JPEG is set to decode at the smallest scale that still covers the resize target, so its `size` is
+        then what decoding will hold.
+        """
+        opened = Image.open(io.BytesIO(data))
+        width, height = opened.size
+        if width * height > max_pixels:
+            opened.close()
+            raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
+        # JPEG draft mode decodes at a reduced scale that still covers the resize target: far less work.
+        resize = self.card.preprocessing.resize
+        opened.draft("RGB", (resize, resize))
+        return opened
+
+    def decode_opened(self, opened):
+        """An opened image (open_image) to the model's input tensor, holding one full-size copy at most.
+
+        The full-size pixels are reduced by a whole factor in their own mode as soon as they are decoded,
+        leaving at least REDUCING_GAP times the resize target (as Pillow's thumbnail does), and only the
+        reduced image is converted, turned upright and resized.
+        """
+        orientation = opened.getexif().get(ExifTags.Base.Orientation, 1)
+        image = opened if opened.mode in ("RGB", "L") else opened.convert("RGB")
+        factor = min(image.size) // (self.card.preprocessing.resize * REDUCING_GAP)
+        if factor > 1:
+            image = image.reduce(factor)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if orientation in _EXIF_TRANSPOSE:
+            image = image.transpose(_EXIF_TRANSPOSE[orientation])
         width, height = image.size
         if max(width, height) > 2 * min(width, height):
             # A sliver (2x40000 pixels, a few KB) would be resized to 256 by 5 million pixels, gigabytes. The
@@ -475,9 +522,19 @@ def run_chunk(
     committed = _committed_parts(s3_client, warehouse_bucket, spec)
     checkpoint = Checkpoint(s3_client, warehouse_bucket, spec, checkpoint_images, checkpoint_s)
     rest = [(p, i) for p, i in zip(spec.positions, spec.images, strict=True) if p not in committed.positions]
+
+    def report(stats: ChunkStats) -> None:
+        figures = {"images": len(spec.images), "tagged": stats.tagged + committed.tagged, "errors": stats.errors + committed.errors}
+        try:
+            s3_client.put_object(Bucket=warehouse_bucket, Key=spec.progress_key, Body=json.dumps(figures).encode())
+        except Exception:  # noqa: BLE001 - progress is a courtesy: S3 away must not fail the chunk, its marker will
+            pass
+        if progress:
+            progress(stats)
+
     if rest:
         remaining = dataclasses.replace(spec, positions=tuple(p for p, _ in rest), images=tuple(i for _, i in rest))
-        rows, stats = load_tagger().tag(s3_client, remaining, run_id, progress, checkpoint=checkpoint)
+        rows, stats = load_tagger().tag(s3_client, remaining, run_id, report, checkpoint=checkpoint)
         write_started = time.perf_counter()
         checkpoint.commit(rows)
         stats.write_s = time.perf_counter() - write_started

@@ -42,8 +42,9 @@ _BAD_KEY_CHARS = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\\"
 # _image_problem runs only for an entry that is about to be rejected.
 _IMAGE_URI = re.compile(rf"s3://{BUCKET_PATTERN}/[^{_BAD_KEY_CHARS}]*[^{_BAD_KEY_CHARS}/]\Z")
 _BAD_KEY_CHAR = re.compile(rf"[{_BAD_KEY_CHARS}]")
-_DOT_SEGMENT = re.compile(r"/\.\.?(?=/|\Z)")
-_WHOLE_DOT_SEGMENT = re.compile(r"/\.\.?/")
+# "." and ".." segments, literal or percent-encoded ("%2e%2e"): a proxy or SDK that decodes the key would climb.
+_DOT_SEGMENT = re.compile(r"/(?:\.|%2[eE])(?:\.|%2[eE])?(?=/|\Z)")
+_WHOLE_DOT_SEGMENT = re.compile(r"/(?:\.|%2[eE])(?:\.|%2[eE])?/")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON_SPACE_BYTES = re.compile(rb"[ \t\n\r]*")
 _DECODER = json.JSONDecoder(parse_constant=lambda name: _no_constant(name))
@@ -695,7 +696,7 @@ def _key_problem(uri: str, key: str) -> str:
     if bad:
         what = "a backslash" if bad.group() == "\\" else f"the control or invalid character {ascii(bad.group())}"
         return f"{_show(uri)}: the key contains {what}"
-    return f'{_show(uri)}: the key contains a "." or ".." path segment'
+    return f'{_show(uri)}: the key contains a "." or ".." path segment (literal or percent-encoded)'
 
 
 def _json_type(value: object) -> str:

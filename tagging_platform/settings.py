@@ -161,6 +161,16 @@ class Settings(BaseSettings):
     api_max_manifest_bytes: int = 256 * 1024 * 1024
     # Images in one synchronous POST /v1/tag request.
     api_max_tag_images: int = 8
+    # An image POST /v1/tag decodes may have at most this many pixels (width x height, read from its header
+    # before anything is decoded); larger ones are refused with 413 image_too_large. Submit a batch for them.
+    api_max_tag_pixels: int = 89_478_485
+    # Decoded pixels in flight in one API process, shared by every request: an image waits for its share
+    # (at most api_decode_wait_s, then 503 busy). A decoded pixel holds 3 to 7 bytes while it is reduced.
+    api_decode_budget_pixels: int = 100_000_000
+    api_decode_wait_s: float = 120.0
+    # The base of every link the API returns (status_url, Location), e.g. https://tagging.example.com; never
+    # taken from a request's Host header. Empty: http://<api_host>:<api_port>.
+    api_public_url: str = ""
     # Loaded models an API process keeps (least recently used goes first), and how long an unused one stays.
     api_model_cache: int = 2
     api_model_idle_s: int = 900
@@ -222,6 +232,10 @@ class Settings(BaseSettings):
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
             raise ValueError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
         self._validate_planning()
+        if self.api_max_tag_pixels > self.api_decode_budget_pixels:
+            raise ValueError("TP_API_MAX_TAG_PIXELS must not exceed TP_API_DECODE_BUDGET_PIXELS: that image could never decode")
+        if self.api_public_url and not self.api_public_url.startswith(("http://", "https://")):
+            raise ValueError(f"TP_API_PUBLIC_URL must start with http:// or https://, not {self.api_public_url!r}")
         for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):
             value = getattr(self, name)
             if value and not value.endswith("/"):
@@ -238,6 +252,10 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"TP_MAX_CHUNK_IMAGES ({self.max_chunk_images}) must be at least TP_MIN_CHUNK_IMAGES ({self.min_chunk_images})"
             )
+
+    @property
+    def api_base_url(self) -> str:
+        return (self.api_public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def output_root(self) -> str:

@@ -19,6 +19,8 @@ from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+# The API's server fixtures, shared by tests/tagging_platform/api/ and tests/security/.
+pytest_plugins = ["tests.api_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tagging_platform import models
 from tagging_platform.api.batches import Batches
-from tagging_platform.api.errors import ApiError
+from tagging_platform.api.errors import ApiError, ErrorCode
 from tagging_platform.api.inference import ModelCache
 from tagging_platform.api.keys import Customer, CustomerStore
 from tagging_platform.api.metrics import ApiMetrics, MetricsMiddleware
@@ -28,6 +31,7 @@ from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
 
 log = logging.getLogger("tagging_platform.api")
+DOCS_ASSETS = "/docs/assets"
 _MODEL_SPEC = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}(@[A-Za-z0-9:._-]{1,100})?\Z")
 
 DESCRIPTION = """
@@ -42,7 +46,7 @@ Errors are JSON: `{"error": {"code": "...", "message": "...", "details": ...}}`;
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable, machine-readable: invalid_manifest, unknown_model, output_forbidden, ...")
+    code: ErrorCode = Field(description="Stable, machine-readable; docs/api.md lists when each is given")
     message: str
     details: Any = None
 
@@ -132,8 +136,17 @@ class RunInfo(BaseModel):
 
 class BatchStatus(BaseModel):
     batch_id: str
-    state: Literal["queued", "running", "succeeded", "failed"]
-    progress: float = Field(description="0 to 1: images tagged or errored out of the batch's images")
+    state: Literal["queued", "running", "succeeded", "completed_with_errors", "failed"] = Field(
+        description=(
+            "queued: no run has started. running: its run is under way. succeeded: published, every image tagged, "
+            "no check of severity ERROR failed. completed_with_errors: published, some images are error rows, no "
+            "check of severity ERROR failed. failed: the run failed, published nothing, a check of severity ERROR "
+            "failed, or no image could be tagged (`error` says which)."
+        )
+    )
+    progress: float = Field(
+        description="0 to 1: images tagged or errored out of the batch's images, as chunks report them; 1 once over"
+    )
     counts: Counts
     checks: list[CheckResult]
     result: BatchResult | None
@@ -201,8 +214,20 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
+_STATUS_MEANING = {
+    400: "Malformed request (a multipart body that cannot be parsed): bad_request",
+    401: "No API key, or not a valid one: unauthenticated, invalid_api_key",
+    403: "Outside your locations: output_forbidden, image_forbidden, manifest_forbidden",
+    404: "Not found (or not yours): batch_not_found, not_found",
+    405: "Another method than the path's: method_not_allowed",
+    413: "Too large: request_too_large, too_many_images, image_too_large, manifest_too_large",
+    422: "Invalid: invalid_request, invalid_manifest, manifest_not_found, invalid_model, unknown_model, invalid_image",
+    503: "Not now: busy (retry after Retry-After seconds), dagster_unavailable, not_ready",
+}
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
+    return {status: {"model": ErrorBody, "description": _STATUS_MEANING[status]} for status in statuses}
 
 
 # --- the request size limit ---------------------------------------------------------------------------------
@@ -216,7 +241,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            # No route reads the body of another method: a GET with a body is answered as if it had none.
             await self.app(scope, receive, send)
             return
         error = ApiError(413, "request_too_large", f"the request body is larger than {self.max_bytes} bytes")
@@ -256,6 +282,37 @@ class BodyLimit:
             await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
 
 
+# --- nothing secret in the logs -----------------------------------------------------------------------------
+
+# An API key as keys.py makes them (tp_<customer>_<secret>), wherever in a line it was put.
+_KEY_SHAPED = re.compile(r"tp_[a-z0-9-]{1,40}_[A-Za-z0-9_-]+")
+class RedactSecrets(logging.Filter):
+    """Drops the query string from access-log lines and masks anything shaped like an API key, in any record.
+
+    The record keeps its shape (uvicorn's access formatter unpacks its five arguments): only strings change.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            client, method, path, version, status = args
+            args = (client, method, str(path).split("?", 1)[0], version, status)
+        if isinstance(args, tuple):
+            record.args = tuple(_KEY_SHAPED.sub("tp_[redacted]", a) if isinstance(a, str) else a for a in args)
+        if isinstance(record.msg, str):
+            record.msg = _KEY_SHAPED.sub("tp_[redacted]", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Put RedactSecrets on uvicorn's loggers and ours (once)."""
+    # A logger's filters see only its own records, not its children's: each logger that writes is named.
+    for name in ("uvicorn.access", "uvicorn.error", log.name):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
+
+
 # --- the application ----------------------------------------------------------------------------------------
 
 
@@ -282,6 +339,8 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
             except Exception as exc:  # noqa: BLE001
                 log.info("default model not preloaded: %s", exc)
 
+        # uvicorn configures its loggers before the application starts: the filter goes on after it.
+        redact_access_log()
         task = asyncio.create_task(evict_idle_models())
         if settings.api_preload_default_model:
             asyncio.get_running_loop().run_in_executor(None, preload_default_model)
@@ -295,7 +354,9 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        responses=_errors(401, 413, 422),
+        # Served below from swagger-ui-bundle's files: /docs works on a network without internet.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.customers = customers
@@ -309,7 +370,11 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         api_key: Annotated[str | None, Depends(api_key_header)],
     ) -> Customer:
-        key = api_key or (credentials.credentials if credentials else None)
+        bearer_key = credentials.credentials if credentials else None
+        if api_key and bearer_key and api_key != bearer_key:
+            # Which one would count is a guess; a client that sends two keys gets neither.
+            raise ApiError(401, "invalid_api_key", "two different API keys were sent (Authorization and X-API-Key)")
+        key = api_key or bearer_key
         if not key:
             raise ApiError(401, "unauthenticated", "an API key is required: Authorization: Bearer <key> or X-API-Key")
         found = customers.authenticate(key)
@@ -322,6 +387,8 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.code == ErrorCode.BUSY:
+            headers = {"Retry-After": str(exc.details["retry_after_s"])}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -336,8 +403,8 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         return JSONResponse(
             ApiError(exc.status_code, code, message).body(), status_code=exc.status_code, headers=exc.headers
@@ -351,13 +418,32 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
             status_code=500,
         )
 
-    @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers")
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    def batch_url(batch_id: str) -> str:
+        # The configured public URL, never the request's Host header (a client chooses that one).
+        return settings.api_base_url + app.url_path_for("get_batch", batch_id=batch_id)
+
+    @app.get(
+        "/healthz", response_model=Health, tags=["health"], summary="Liveness: the process answers",
+        responses=_errors(405),
+    )
     def healthz() -> dict:
         return {"status": "ok", "checks": {}}
 
     @app.get(
         "/readyz", response_model=Health, tags=["health"], summary="Readiness: S3 is reachable",
-        responses=_errors(503),
+        responses=_errors(405, 503),
     )
     def readyz():
         try:
@@ -374,15 +460,14 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         response_model=BatchAccepted,
         tags=["batches"],
         summary="Submit a batch: a manifest in the body or an s3:// URI of one",
-        responses=_errors(403),
+        responses=_errors(401, 403, 405, 413, 422),
     )
-    def submit_batch(body: BatchRequest, request: Request, who: Authenticated):
-        metrics.batches_submitted.inc()
+    def submit_batch(body: BatchRequest, who: Authenticated):
         record = batches.submit(
             who, images=body.images, manifest_uri=body.manifest, model=body.model, output=body.output, reference=body.id,
             publish_options=body.model_dump(include={"output_format", "max_labels", "min_confidence"}, exclude_none=True),
         )
-        status_url = str(request.url_for("get_batch", batch_id=record["batch_id"]))
+        status_url = batch_url(record["batch_id"])
         answer = {
             **record,
             "status_url": status_url,
@@ -391,13 +476,16 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         }
         return JSONResponse(answer, status_code=202, headers={"Location": status_url})
 
-    @app.get("/v1/batches", response_model=BatchList, tags=["batches"], summary="Your batches, newest first")
-    def list_batches(request: Request, who: Authenticated, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    @app.get(
+        "/v1/batches", response_model=BatchList, tags=["batches"], summary="Your batches, newest first",
+        responses=_errors(401, 405, 422),
+    )
+    def list_batches(who: Authenticated, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
         return {
             "batches": [
                 {
                     **record,
-                    "status_url": str(request.url_for("get_batch", batch_id=record["batch_id"])),
+                    "status_url": batch_url(record["batch_id"]),
                     "model": {"name": record["model"]["name"], "version": record["model"]["version"]},
                 }
                 for record in batches.list(who, limit)
@@ -409,7 +497,7 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         response_model=BatchStatus,
         tags=["batches"],
         summary="A batch's state, counts, progress, check results and result location",
-        responses=_errors(404, 503),
+        responses=_errors(401, 404, 405, 503),
         name="get_batch",
     )
     def get_batch(batch_id: str, who: Authenticated):
@@ -420,6 +508,14 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         response_model=TagResponse,
         tags=["tagging"],
         summary="Tag one image (or a few) synchronously: multipart field `image`, repeatable",
+        description=(
+            "At most `TP_API_MAX_TAG_IMAGES` images (8 by default) per request, each of at most "
+            "`TP_API_MAX_TAG_PIXELS` pixels (89,478,485 by default; width x height, read from the file's header "
+            "before anything is decoded: larger is 413 `image_too_large`, submit it in a batch). Images are "
+            "decoded within a pixel budget shared by every request of the server; when it stays taken too long "
+            "the answer is 503 `busy` with `Retry-After`."
+        ),
+        responses=_errors(400, 401, 405, 413, 422, 503),
     )
     async def tag_images(
         who: Authenticated,
@@ -452,7 +548,10 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
 
         return await run_in_threadpool(work)
 
-    @app.get("/v1/models", response_model=ModelList, tags=["models"], summary="The registered models (latest versions)")
+    @app.get(
+        "/v1/models", response_model=ModelList, tags=["models"], summary="The registered models (latest versions)",
+        responses=_errors(401, 405),
+    )
     def list_models(who: Authenticated):
         cards = models.list_models(client, settings.model_bucket)
         keep = ("name", "version", "kind", "architecture", "num_classes", "description", "preprocessing", "profile")
@@ -462,6 +561,22 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
                 for card in cards
             ]
         }
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema without its generic 422 where no input can be invalid (a path's string parameter)."""
+        if app.openapi_schema is None:
+            schema = generate_openapi()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    if operation["responses"].get("422", {}).get("description") == "Validation Error":
+                        del operation["responses"]["422"]
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema["components"]["schemas"].pop(unused, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     # Prometheus scrapes it inside the cluster (deploy/prometheus/scrape-configs.yml); no key, no customer data.
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
@@ -37,7 +38,7 @@ from tagging_platform.settings import Settings
 JOB = "tag_manifest"
 PARTITION_TAG = "dagster/partition"
 BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
-# Dagster run status -> the batch state customers see.
+# Dagster run status -> the batch state while the run is not over; a finished run's state is batch_state's.
 STATES = {
     "QUEUED": "queued",
     "NOT_STARTED": "queued",
@@ -46,10 +47,14 @@ STATES = {
     "STARTED": "running",
     "CANCELING": "running",
     "SUSPENDED": "running",
-    "SUCCESS": "succeeded",
+    "SUCCESS": "finished",
     "FAILURE": "failed",
     "CANCELED": "failed",
 }
+# Every state a customer sees (docs/api.md "Batch states" says when each holds).
+BATCH_STATES = ("queued", "running", "succeeded", "completed_with_errors", "failed")
+# An error message quoting a manifest's content is cut to this many characters.
+MAX_MESSAGE_CHARS = 300
 _MAX_CHUNKS_READ = 2_000
 # "dagster._core.definitions.events.Failure: manifest ... rejected: ..." -> "manifest ... rejected: ..."
 _EXCEPTION_NAME = re.compile(r"\A(?:[A-Za-z_]\w*\.)*\w*(?:Error|Exception|Failure): ")
@@ -105,7 +110,7 @@ class Batches:
             document["id"] = reference
         parsed = self._parse(json.dumps(document).encode(), "the request")
         for number, uri in enumerate(parsed.images, 1):
-            if not customer.may_read(uri, settings.allowed_image_prefixes):
+            if not customer.may_read(uri):
                 raise ApiError(
                     403, "image_forbidden", f"entry {number}: {uri[:200]} is outside your image locations",
                     {"field": "images", "entry": number},
@@ -150,9 +155,16 @@ class Batches:
             bucket, key = split_uri(uri)
         except S3UriError as exc:
             raise ApiError(422, "invalid_manifest", f'field "manifest": {exc}', {"field": "manifest"}) from None
-        if not key or key.endswith("/") or not customer.may_read(uri, self.settings.allowed_image_prefixes):
+        # Refused before anything is read: whether an object outside them exists is never told.
+        if not key or key.endswith("/") or not customer.may_read(uri):
             raise ApiError(
                 403, "manifest_forbidden", f"{uri[:200]} is not a manifest inside your image locations",
+                {"field": "manifest", "allowed": list(customer.image_prefixes)},
+            )
+        if {".", ".."} & set(unquote(key).split("/")):
+            raise ApiError(
+                422, "invalid_manifest",
+                f'field "manifest": {uri[:200]}: the key contains a "." or ".." path segment (literal or percent-encoded)',
                 {"field": "manifest"},
             )
         limit = self.settings.api_max_manifest_bytes
@@ -179,7 +191,10 @@ class Batches:
                 max_bytes=settings.api_max_manifest_bytes,
             )
         except ManifestError as exc:
-            raise ApiError(422, "invalid_manifest", str(exc)) from None
+            # The parser quotes at most a bounded piece of an entry; the whole message is bounded too.
+            message = str(exc)
+            message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
+            raise ApiError(422, "invalid_manifest", message) from None
 
     def _resolve_model(self, spec: str) -> models.ModelRef:
         try:
@@ -194,7 +209,8 @@ class Batches:
 
     def record(self, customer: Customer, batch_id: str) -> dict[str, Any]:
         """The customer's own record of a batch; another customer's batch is as unknown as a missing one."""
-        if not BATCH_ID.match(batch_id):
+        # Every batch id the API gives a customer starts with its name: anything else is not looked up at all.
+        if not BATCH_ID.match(batch_id) or not batch_id.startswith(f"{customer.name}-"):
             raise ApiError(404, "batch_not_found", f"no batch {batch_id[:200]!r}")
         body = read_bytes(self.s3, self.settings.warehouse_bucket, self._record_key(customer, batch_id))
         if body is None:
@@ -224,8 +240,17 @@ class Batches:
         error = None
         counts = {"images": images, "tagged": 0, "errors": 0}
         result = None
-        if state in ("succeeded", "failed"):
-            checks, failures = self._finished_events(run["runId"])
+        if state in ("finished", "failed"):
+            raw_checks, failures = self._finished_events(run["runId"])
+            checks = [
+                {
+                    "name": c["checkName"],
+                    "asset": "/".join(c["assetKey"]["path"]),
+                    "passed": bool(c["success"]),
+                    "severity": c["severity"],
+                }
+                for c in raw_checks
+            ]
             marker = self._marker(record, run["runId"])
             if marker is not None:
                 counts = {"images": marker["images"], "tagged": marker["tagged"], "errors": marker["errors"]}
@@ -236,9 +261,9 @@ class Batches:
                     "objects": marker["objects"],
                     "parts": [f"s3://{split_uri(marker['location'])[0]}/{p['key']}" for p in marker.get("parts", [])],
                 }
-            if state == "succeeded" and marker is None:
-                state, error = "failed", {"step": None, "message": "the run finished but published no completion marker"}
-            elif state == "failed":
+            if state == "finished":
+                state, error = batch_state(counts, checks, published=marker is not None)
+            else:
                 first = failures[0] if failures else None
                 message = first["error"].strip().splitlines()[0] if first and first["error"].strip() else None
                 message = _EXCEPTION_NAME.sub("", message) if message else None
@@ -248,22 +273,15 @@ class Batches:
         if state in ("running", "failed") and result is None:
             counts = self._chunk_counts(batch_id, record)
         done = counts["tagged"] + counts["errors"]
-        # 1.0 only once the batch has succeeded: a running batch whose images are all tagged still publishes.
-        progress = 1.0 if state == "succeeded" else (round(min(done / images, 0.99), 4) if images else 0.0)
+        # 1.0 only once the run is over: a running batch whose images are all tagged still publishes.
+        finished = state in ("succeeded", "completed_with_errors") or (state == "failed" and result is not None)
+        progress = 1.0 if finished else (round(min(done / images, 0.99), 4) if images else 0.0)
         return {
             "batch_id": batch_id,
             "state": state,
             "progress": progress,
             "counts": counts,
-            "checks": [
-                {
-                    "name": c["checkName"],
-                    "asset": "/".join(c["assetKey"]["path"]),
-                    "passed": bool(c["success"]),
-                    "severity": c["severity"],
-                }
-                for c in checks
-            ],
+            "checks": checks,
             "result": result,
             "error": error,
             "run": (
@@ -306,26 +324,60 @@ class Batches:
         return (own or sorted(markers, key=lambda m: m.get("completed_at", "")))[-1] if (own or markers) else None
 
     def _chunk_counts(self, batch_id: str, record: dict[str, Any]) -> dict[str, int]:
-        """Live counts while a run is under way: the figures each finished chunk stored with its result."""
+        """Live counts while a run is under way: each finished chunk's stored figures, else its latest progress."""
         bucket = self.settings.warehouse_bucket
-        keys = [item["Key"] for item in itertools.islice(
-            list_objects(self.s3, bucket, layout.chunks_prefix(batch_id)), _MAX_CHUNKS_READ
-        )]
+        model = record["model"]
+        prefix = f"{layout.chunks_prefix(batch_id)}model={model['name']}-{model['version'].removeprefix('sha256:')[:16]}/"
+        results: dict[str, str] = {}
+        progress: dict[str, str] = {}
+        for item in itertools.islice(list_objects(self.s3, bucket, prefix), _MAX_CHUNKS_READ):
+            name = item["Key"][len(prefix) :]
+            if name.startswith("progress/chunk-"):
+                progress[name[len("progress/chunk-") :][:5]] = item["Key"]
+            elif name.startswith("chunk-"):
+                results[name[len("chunk-") :][:5]] = item["Key"]
 
-        def figures(key: str) -> dict[str, Any]:
+        def figures(item: tuple[str, bool]) -> dict[str, Any]:
+            key, is_result = item
             try:
-                head = self.s3.head_object(Bucket=bucket, Key=key)
-            except ClientError:
+                if is_result:
+                    return json.loads(self.s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("stats", "{}"))
+                return json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            except (ClientError, ValueError):
                 return {}
-            return json.loads(head.get("Metadata", {}).get("stats", "{}"))
 
+        wanted = [(key, True) for key in results.values()]
+        wanted += [(key, False) for index, key in progress.items() if index not in results]
         with ThreadPoolExecutor(8) as pool:
-            stats = list(pool.map(figures, keys[:_MAX_CHUNKS_READ]))
+            stats = list(pool.map(figures, wanted[:_MAX_CHUNKS_READ]))
         return {
             "images": record["images"],
             "tagged": sum(int(s.get("tagged", 0)) for s in stats),
             "errors": sum(int(s.get("errors", 0)) for s in stats),
         }
+
+
+def batch_state(counts: dict[str, int], checks: list[dict[str, Any]], *, published: bool) -> tuple[str, dict | None]:
+    """The state of a batch whose run succeeded, and the error that explains a failure.
+
+    failed: nothing trustworthy was published (no completion marker), a check of severity ERROR did not
+    pass (every_image_accounted_for, error_rate over its error threshold), or not one image was tagged.
+    completed_with_errors: published, no ERROR check failed, some images are error rows.
+    succeeded: published, no ERROR check failed, every image tagged.
+    """
+    if not published:
+        return "failed", {"step": None, "message": "the run finished but published no completion marker"}
+    failed_checks = [c for c in checks if not c["passed"] and c["severity"] == "ERROR"]
+    if failed_checks:
+        names = ", ".join(f"{c['name']} ({c['asset']})" for c in failed_checks)
+        message = f"check{'s' if len(failed_checks) > 1 else ''} of severity ERROR failed: {names}; "
+        message += f"{counts['tagged']} of {counts['images']} images tagged, {counts['errors']} errors"
+        return "failed", {"step": "checks", "message": message}
+    if counts["images"] and not counts["tagged"]:
+        return "failed", {"step": None, "message": f"no image could be tagged: {counts['errors']} errors"}
+    if counts["errors"]:
+        return "completed_with_errors", None
+    return "succeeded", None
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -17,8 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from tagging_platform import models
 from tagging_platform.api.errors import ApiError
+from tagging_platform.api.memory import PixelBudget
 from tagging_platform.engine import Tagger
 from tagging_platform.settings import Settings
 
@@ -40,6 +43,7 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self._infer = threading.Lock()
+        self.budget = PixelBudget(settings.api_decode_budget_pixels, settings.api_decode_wait_s)
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -92,22 +96,37 @@ class ModelCache:
             gc.collect()
         return idle
 
+    def _decode(self, tagger: Tagger, index: int, filename: str, data: bytes):
+        """One upload to the model's input: its header checked first, then decoded within the pixel budget."""
+        def refused(status: int, code: str, reason: str) -> ApiError:
+            return ApiError(
+                status, code, f"file {index + 1} ({filename[:100]}): {reason[:300]}",
+                {"field": "image", "index": index, "filename": filename[:200]},
+            )
+
+        try:
+            opened = tagger.open_image(data, self.settings.api_max_tag_pixels)
+        except Image.DecompressionBombError as exc:  # ImageTooLarge, or Pillow's own guard at twice its limit
+            raise refused(413, "image_too_large", f"{exc}; submit it in a batch") from None
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow says, named for the customer
+            reason = "not an image: no decoder recognises the file" if "cannot identify" in str(exc) else str(exc)
+            raise refused(422, "invalid_image", reason) from None
+        with opened:
+            width, height = opened.size
+            with self.budget.reserve(width * height):
+                try:
+                    return tagger.decode_opened(opened)
+                except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file fails while decoding
+                    raise refused(422, "invalid_image", str(exc)) from None
+
     def tag(self, ref: models.ModelRef, files: list[tuple[str, bytes]]) -> dict[str, Any]:
-        """Tags for each (filename, bytes), in order; an image that cannot be decoded is a 422 naming it."""
+        """Tags for each (filename, bytes), in order; an image that cannot be decoded is a 422 naming it, one over
+        the pixel limit a 413 (read from its header: nothing of it is decoded)."""
         import torch
 
         tagger = self.get(ref)
         started = time.perf_counter()
-        pixels = []
-        for index, (filename, data) in enumerate(files):
-            try:
-                pixels.append(tagger.decode(data))
-            except Exception as exc:  # noqa: BLE001 - whatever Pillow says, named for the customer
-                reason = "not an image: no decoder recognises the file" if "cannot identify" in str(exc) else str(exc)
-                raise ApiError(
-                    422, "invalid_image", f"file {index + 1} ({filename[:100]}): {reason[:300]}",
-                    {"field": "image", "index": index, "filename": filename[:200]},
-                ) from None
+        pixels = [self._decode(tagger, index, filename, data) for index, (filename, data) in enumerate(files)]
         decoded = time.perf_counter()
         with self._infer:
             predictions = tagger.predict(torch.stack(pixels))

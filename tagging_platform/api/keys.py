@@ -4,7 +4,12 @@ A key reads `tp_<customer>_<secret>`: the customer's name says which record to r
 (256 random bits) is what proves it, so a plain SHA-256 is enough at rest (a slow password hash
 guards guessable secrets; these are not). Creating a key again for the same customer replaces
 the old one (rotation). Each record also holds the customer's own output prefixes (where its
-results may go) and, optionally, image prefixes (where its images and manifests must come from).
+results may go) and image prefixes (where its images and manifests must come from).
+
+Customers are kept apart by default: a customer created without image prefixes gets
+`s3://<images bucket>/<customer>/` (under the first allowed image location), and a record without any
+(written before that default) reads the same. Only a customer created with `all_images` may read every
+allowed image location of the deployment.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.parse import unquote
 
 from tagging_platform.s3 import S3UriError, read_bytes, split_uri
 from tagging_platform.settings import Settings
@@ -37,7 +43,8 @@ class CustomerError(ValueError):
 class Customer:
     name: str
     output_prefixes: tuple[str, ...]
-    image_prefixes: tuple[str, ...] = ()
+    # Where its images and manifests may come from: never empty (see default_image_prefix).
+    image_prefixes: tuple[str, ...]
 
     @property
     def default_output(self) -> str:
@@ -47,10 +54,14 @@ class Customer:
         location = location if location.endswith("/") else location + "/"
         return location.startswith(self.output_prefixes)
 
-    def may_read(self, uri: str, deployment_prefixes: Sequence[str]) -> bool:
-        """An image or manifest URI inside the customer's image prefixes (the deployment's when it has none)."""
-        allowed = self.image_prefixes or tuple(_as_uri_prefix(p) for p in deployment_prefixes)
-        return uri.startswith(allowed)
+    def may_read(self, uri: str) -> bool:
+        """An image or manifest URI inside the customer's image prefixes."""
+        return uri.startswith(self.image_prefixes)
+
+
+def default_image_prefix(customer: str, settings: Settings) -> str:
+    """The customer's own folder in the deployment's first image location: s3://images/<customer>/."""
+    return f"{_as_uri_prefix(settings.allowed_image_prefixes[0])}{customer}/"
 
 
 def _as_uri_prefix(entry: str) -> str:
@@ -65,8 +76,8 @@ def normalise_prefix(value: str, allowed: Sequence[str], what: str) -> str:
         bucket, key = split_uri(value)
     except S3UriError as exc:
         raise CustomerError(f"{what} {value!r}: {exc}") from None
-    if ".." in key.split("/") or "." in key.split("/"):
-        raise CustomerError(f"{what} {value!r}: no '.' or '..' segments")
+    if {".", ".."} & set(unquote(key).split("/")):
+        raise CustomerError(f"{what} {value!r}: no '.' or '..' segments (literal or percent-encoded)")
     location = f"s3://{bucket}/{key}" if not key or key.endswith("/") else f"s3://{bucket}/{key}/"
     prefixes = tuple(_as_uri_prefix(p) for p in allowed)
     if not location.startswith(prefixes):
@@ -99,9 +110,14 @@ class CustomerStore:
         output_prefixes: Sequence[str] = (),
         image_prefixes: Sequence[str] = (),
         *,
+        all_images: bool = False,
         rotate: bool = False,
     ) -> tuple[str, Customer]:
-        """Create (or with `rotate`, replace) the customer's key; returns the key, shown this once only."""
+        """Create (or with `rotate`, replace) the customer's key; returns the key, shown this once only.
+
+        Images and manifests come from `image_prefixes`, by default the customer's own folder
+        (default_image_prefix); `all_images` lets the customer read every allowed image location instead.
+        """
         if not CUSTOMER_NAME.match(customer):
             raise CustomerError(
                 f"customer name {customer!r}: lowercase letters, digits and '-', at most 40, starting with a letter or digit"
@@ -111,7 +127,12 @@ class CustomerStore:
             normalise_prefix(p, settings.allowed_output_prefixes, "output prefix")
             for p in (output_prefixes or [f"s3://{settings.output_bucket}/{customer}/"])
         ]
-        images = [normalise_prefix(p, settings.allowed_image_prefixes, "image prefix") for p in image_prefixes]
+        if all_images and image_prefixes:
+            raise CustomerError("give image prefixes or all_images (every allowed image location), not both")
+        images = [
+            normalise_prefix(p, settings.allowed_image_prefixes, "image prefix")
+            for p in (image_prefixes or ([] if all_images else [default_image_prefix(customer, settings)]))
+        ]
         existing = self._read(customer)
         if existing is not None and not rotate:
             raise CustomerError(f"customer {customer} already has a key; pass --rotate to replace it")
@@ -122,6 +143,7 @@ class CustomerStore:
             "key_hint": key[: len(KEY_PREFIX) + len(customer) + 5] + "...",
             "output_prefixes": outputs,
             "image_prefixes": images,
+            "all_images": all_images,
             "created_at": (existing or {}).get("created_at") or _now(),
             "key_created_at": _now(),
         }
@@ -133,7 +155,7 @@ class CustomerStore:
         )
         with self._lock:
             self._cache.pop(customer, None)
-        return key, _customer(record)
+        return key, self._customer(record)
 
     def authenticate(self, key: str) -> Customer | None:
         """The customer a presented key belongs to, or None for a malformed, unknown or replaced key."""
@@ -145,7 +167,14 @@ class CustomerStore:
         record = self._cached(customer)
         if record is None or not hmac.compare_digest(hash_key(key), record["key_sha256"]):
             return None
-        return _customer(record)
+        return self._customer(record)
+
+    def _customer(self, record: dict) -> Customer:
+        if record.get("all_images"):
+            images = tuple(_as_uri_prefix(p) for p in self.settings.allowed_image_prefixes)
+        else:
+            images = tuple(record.get("image_prefixes") or ()) or (default_image_prefix(record["customer"], self.settings),)
+        return Customer(record["customer"], tuple(record["output_prefixes"]), images)
 
     def _cached(self, customer: str) -> dict | None:
         now = time.monotonic()
@@ -163,10 +192,6 @@ class CustomerStore:
     def _read(self, customer: str) -> dict | None:
         body = read_bytes(self.s3, self.settings.warehouse_bucket, self.record_key(customer))
         return None if body is None else json.loads(body)
-
-
-def _customer(record: dict) -> Customer:
-    return Customer(record["customer"], tuple(record["output_prefixes"]), tuple(record.get("image_prefixes") or ()))
 
 
 def _now() -> str:

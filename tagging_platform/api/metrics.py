@@ -7,6 +7,7 @@ request a new series.
 
 from __future__ import annotations
 
+import json
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -39,8 +40,10 @@ class ApiMetrics:
             "tagging_api_model_load_seconds", "Time to load a model into the API process.", ["model"],
             registry=self.registry, buckets=(0.5, 1, 2, 5, 10, 20, 60),
         )
-        self.batches_submitted = Counter(
-            "tagging_api_batches_submitted", "Batches accepted by POST /v1/batches.", registry=self.registry
+        self.submissions = Counter(
+            "tagging_api_batch_submissions",
+            "POST /v1/batches by outcome (accepted or refused) and the error code of a refusal (none when accepted).",
+            ["outcome", "code"], registry=self.registry,
         )
 
     def tagged(self, model: str, ok: int, errors: int, seconds: float) -> None:
@@ -66,10 +69,14 @@ class MetricsMiddleware:
             return
         route = _route_template(scope)
         status = {"code": 500}
+        submission = route == SUBMIT_ROUTE and scope["method"] == "POST"
+        error_body = bytearray()
 
         async def send_and_note(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif submission and message["type"] == "http.response.body" and status["code"] >= 400:
+                error_body.extend(message.get("body", b"")[: 4096 - len(error_body)])
             await send(message)
 
         started = time.perf_counter()
@@ -78,6 +85,22 @@ class MetricsMiddleware:
         finally:
             self.metrics.latency.labels(route, scope["method"]).observe(time.perf_counter() - started)
             self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
+            if submission:
+                # Counted here, where every answer passes (the body limit and authentication answer before the route).
+                accepted = status["code"] == 202
+                code = "none" if accepted else _error_code(bytes(error_body))
+                self.metrics.submissions.labels("accepted" if accepted else "refused", code).inc()
+
+
+SUBMIT_ROUTE = "/v1/batches"
+
+
+def _error_code(body: bytes) -> str:
+    """The `code` of an error answer (every code is one of ErrorCode's, so the label set stays small)."""
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def _route_template(scope: Scope) -> str:

@@ -19,7 +19,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     import uvicorn
 
     from tagging_platform.api.app import create_app
+    from tagging_platform.api.memory import give_memory_back
 
+    # The image's and ConfigMap's MALLOC_* variables are the tagging steps' (never give memory back).
+    give_memory_back()
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
@@ -31,21 +34,22 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     return 0
 
 
-def create_key(customer: str, output_prefixes: list[str], image_prefixes: list[str], rotate: bool) -> int:
+def create_key(
+    customer: str, output_prefixes: list[str], image_prefixes: list[str], rotate: bool, all_images: bool = False
+) -> int:
     from tagging_platform.api.keys import CustomerError, CustomerStore
     from tagging_platform.s3 import make_client
 
     settings = Settings.from_env()
     try:
         key, created = CustomerStore(make_client(settings), settings).create(
-            customer, output_prefixes, image_prefixes, rotate=rotate
+            customer, output_prefixes, image_prefixes, all_images=all_images, rotate=rotate
         )
     except CustomerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"customer {created.name}: outputs {', '.join(created.output_prefixes)}", file=sys.stderr)
-    if created.image_prefixes:
-        print(f"  images and manifests from {', '.join(created.image_prefixes)}", file=sys.stderr)
+    print(f"  images and manifests from {', '.join(created.image_prefixes)}", file=sys.stderr)
     print("the API key (shown this once; only its SHA-256 is stored):", file=sys.stderr)
     print(key)
     return 0
@@ -81,7 +85,10 @@ def run_dev(workspace: Path, host: str, port: int, s3_port: int, dagster_port: i
         deadline = time.monotonic() + 300
         while not models.list_models(client, settings.model_bucket) and time.monotonic() < deadline:
             time.sleep(2)
-        print(f"customer {customer.name} may write to {', '.join(customer.output_prefixes)}; its API key is in {key_file}:")
+        print(
+            f"customer {customer.name} may read images from {', '.join(customer.image_prefixes)} and write to "
+            f"{', '.join(customer.output_prefixes)}; its API key is in {key_file}:"
+        )
         print(f"  export TP_API_KEY=$(cat {key_file})")
         print(f"{len(uploaded)} photographs uploaded to s3://{image_bucket}/demo/photos/ and saved in {local_photos}/")
         print(f"API docs at http://{host}:{port}/docs (Ctrl-C stops everything)", flush=True)

@@ -6,7 +6,6 @@ import time
 import uuid
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from tagging_platform import intake

@@ -4,7 +4,6 @@ import dataclasses
 import io
 import json
 
-import pyarrow as pa
 import pytest
 from PIL import Image
 

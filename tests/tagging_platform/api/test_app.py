@@ -20,8 +20,8 @@ def error_of(response) -> dict:
 
 
 @pytest.fixture
-def images(upload_images, photographs) -> list[str]:
-    return upload_images(dict(list(photographs.items())[:2]))
+def images(customer_images, photographs) -> list[str]:
+    return customer_images(dict(list(photographs.items())[:2]))
 
 
 # --- health, authentication, models ------------------------------------------------------------------------
@@ -100,9 +100,9 @@ def test_submit_writes_the_manifest_where_the_sensor_looks(http, images, s3, api
 
 def test_submit_reads_a_manifest_from_s3_in_any_format(http, images, s3):
     lines = "".join(json.dumps({"source-ref": uri}) + "\n" for uri in images).encode()
-    s3.put_object(Bucket="images", Key="acme-manifests/batch.jsonl.gz", Body=gzip.compress(lines))
+    s3.put_object(Bucket="images", Key="acme/manifests/batch.jsonl.gz", Body=gzip.compress(lines))
     response = http(
-        "POST", "/v1/batches", json={"manifest": "s3://images/acme-manifests/batch.jsonl.gz", "output": "s3://tags/acme/x"}
+        "POST", "/v1/batches", json={"manifest": "s3://images/acme/manifests/batch.jsonl.gz", "output": "s3://tags/acme/x"}
     )
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -127,19 +127,19 @@ def test_submit_carries_the_output_format_and_detect_labels_options_into_the_man
         ({"images": ["s3://images/a.jpg"], "output_format": "csv"}, "invalid_manifest", 'field "output_format": csv'),
         ({"images": ["s3://images/a.jpg"], "min_confidence": 101}, "invalid_request", "min_confidence"),
         ({"images": ["s3://other/a.jpg"]}, "invalid_manifest", "entry 1: s3://other/a.jpg is outside the allowed image"),
-        ({"images": ["s3://images/a.jpg", "s3://images/a.jpg"]}, "invalid_manifest", "entry 2 repeats entry 1"),
+        ({"images": ["s3://images/acme/a.jpg", "s3://images/acme/a.jpg"]}, "invalid_manifest", "entry 2 repeats entry 1"),
         ({"images": []}, "invalid_manifest", "lists no images"),
-        ({"images": ["s3://images/a.jpg", 7]}, "invalid_manifest", "entry 2: expected an s3:// URI string"),
-        ({"images": ["s3://images/a.jpg"], "model": "nonexistent"}, "unknown_model", "unknown model 'nonexistent'"),
-        ({"images": ["s3://images/a.jpg"], "model": "Bad Name!"}, "invalid_manifest", 'field "model"'),
-        ({"images": ["s3://images/a.jpg"], "model": "mobilenet_v2@0123456789abcdef"}, "unknown_model", "unknown version"),
+        ({"images": ["s3://images/acme/a.jpg", 7]}, "invalid_manifest", "entry 2: expected an s3:// URI string"),
+        ({"images": ["s3://images/acme/a.jpg"], "model": "nonexistent"}, "unknown_model", "unknown model 'nonexistent'"),
+        ({"images": ["s3://images/acme/a.jpg"], "model": "Bad Name!"}, "invalid_manifest", 'field "model"'),
+        ({"images": ["s3://images/acme/a.jpg"], "model": "mobilenet_v2@0123456789abcdef"}, "unknown_model", "unknown version"),
         ({}, "invalid_request", "exactly one of"),
-        ({"images": ["s3://images/a.jpg"], "manifest": "s3://images/m.json"}, "invalid_request", "exactly one of"),
-        ({"images": ["s3://images/a.jpg"], "colour": "red"}, "invalid_request", "colour"),
-        ({"images": "s3://images/a.jpg"}, "invalid_request", "images"),
-        ({"manifest": "s3://images/missing.json"}, "manifest_not_found", "does not exist"),
+        ({"images": ["s3://images/acme/a.jpg"], "manifest": "s3://images/acme/m.json"}, "invalid_request", "exactly one of"),
+        ({"images": ["s3://images/acme/a.jpg"], "colour": "red"}, "invalid_request", "colour"),
+        ({"images": "s3://images/acme/a.jpg"}, "invalid_request", "images"),
+        ({"manifest": "s3://images/acme/missing.json"}, "manifest_not_found", "does not exist"),
         ({"manifest": "https://example.com/m.json"}, "invalid_manifest", "not an s3:// URI"),
-        ({"images": ["s3://images/a.jpg"], "output": "s3://tags/acme/../globex/"}, "invalid_manifest", '".."'),
+        ({"images": ["s3://images/acme/a.jpg"], "output": "s3://tags/acme/../globex/"}, "invalid_manifest", '".."'),
     ],
 )
 def test_an_invalid_submission_is_422_naming_the_problem(http, body, code, message):
@@ -159,10 +159,10 @@ def test_a_body_that_is_not_json_is_422(http):
 @pytest.mark.parametrize(
     ("body", "code"),
     [
-        ({"images": ["s3://images/a.jpg"], "output": "s3://tags/globex/"}, "output_forbidden"),
-        ({"images": ["s3://images/a.jpg"], "output": "s3://tags/acme-evil/"}, "output_forbidden"),
-        ({"images": ["s3://images/a.jpg"], "output": "s3://tags/"}, "output_forbidden"),
-        ({"images": ["s3://images/a.jpg"], "output": "s3://warehouse/"}, "output_forbidden"),
+        ({"images": ["s3://images/acme/a.jpg"], "output": "s3://tags/globex/"}, "output_forbidden"),
+        ({"images": ["s3://images/acme/a.jpg"], "output": "s3://tags/acme-evil/"}, "output_forbidden"),
+        ({"images": ["s3://images/acme/a.jpg"], "output": "s3://tags/"}, "output_forbidden"),
+        ({"images": ["s3://images/acme/a.jpg"], "output": "s3://warehouse/"}, "output_forbidden"),
         ({"manifest": "s3://warehouse/api/customers/globex/customer.json"}, "manifest_forbidden"),
     ],
 )
@@ -185,9 +185,10 @@ def test_a_customer_restricted_to_image_prefixes_cannot_tag_other_images(api, ap
     assert accepted.status_code == 202, accepted.text
 
 
-def test_a_customer_sees_only_its_own_batches(http, images):
+def test_a_customer_sees_only_its_own_batches(http, images, customer_images, photographs):
     mine = http("POST", "/v1/batches", json={"images": images}).json()["batch_id"]
-    theirs = http("POST", "/v1/batches", as_="globex", json={"images": images}).json()["batch_id"]
+    their_images = customer_images(dict(list(photographs.items())[:2]), "globex")
+    theirs = http("POST", "/v1/batches", as_="globex", json={"images": their_images}).json()["batch_id"]
     assert mine.startswith("acme-") and theirs.startswith("globex-")
     assert http("GET", f"/v1/batches/{mine}").status_code == 200
     other = http("GET", f"/v1/batches/{theirs}")
@@ -209,7 +210,7 @@ def test_an_unknown_batch_is_404(http, batch_id):
 
 
 def test_a_body_over_the_limit_is_413(http):
-    big = {"images": [f"s3://images/{i:08d}-{'x' * 100}.jpg" for i in range(MAX_BODY // 100)]}
+    big = {"images": [f"s3://images/acme/{i:08d}-{'x' * 100}.jpg" for i in range(MAX_BODY // 100)]}
     response = http("POST", "/v1/batches", json=big)
     assert response.status_code == 413
     assert error_of(response)["code"] == "request_too_large"

@@ -7,39 +7,15 @@ import json
 import pytest
 
 from tagging_platform.api.app import create_app
-from tagging_platform.api.batches import STATES
+from tagging_platform.api.batches import STATES, batch_state
 from tagging_platform.embedded import free_port
 
 from tests.tagging_platform.api.conftest import ApiServer
 
 
 @pytest.fixture
-def run_stub(dagster_webserver):
-    """Runs the stand-in tag_manifest job for a batch (its partition) in the webserver's instance; returns the run id."""
-    import dagster as dg
-
-    from tests.tagging_platform.api import stub_dagster
-
-    _, home = dagster_webserver
-    instance = dg.DagsterInstance.from_config(str(home))
-
-    def run(batch_id: str, fail_with: str = "") -> str:
-        instance.add_dynamic_partitions("manifests", [batch_id])
-        result = stub_dagster.defs.resolve_job_def("tag_manifest").execute_in_process(
-            instance=instance,
-            partition_key=batch_id,
-            run_config={"ops": {"image_tags": {"config": {"fail_with": fail_with}}}},
-            raise_on_error=False,
-        )
-        return result.run_id
-
-    yield run
-    instance.dispose()
-
-
-@pytest.fixture
-def submitted(http, upload_images, photographs):
-    uris = upload_images(dict(list(photographs.items())[:3]))
+def submitted(http, customer_images, photographs):
+    uris = customer_images(dict(list(photographs.items())[:3]))
     response = http("POST", "/v1/batches", json={"images": uris})
     assert response.status_code == 202, response.text
     return response.json()
@@ -71,7 +47,8 @@ def test_a_succeeded_run_reports_counts_checks_and_where_the_tags_are(http, subm
     }
     s3.put_object(Bucket=bucket, Key=prefix + "_COMPLETE.json", Body=json.dumps(marker).encode())
     body = http("GET", f"/v1/batches/{batch_id}").json()
-    assert body["state"] == "succeeded" and body["progress"] == 1.0 and body["error"] is None
+    # One image of three is an error row and no check of severity ERROR failed (error_rate failed as a WARN).
+    assert body["state"] == "completed_with_errors" and body["progress"] == 1.0 and body["error"] is None
     assert body["counts"] == {"images": 3, "tagged": 2, "errors": 1}
     assert body["result"]["location"] == location
     assert body["result"]["marker"] == location + "_COMPLETE.json"
@@ -83,24 +60,57 @@ def test_a_succeeded_run_reports_counts_checks_and_where_the_tags_are(http, subm
     assert all(c["asset"] == "image_tags" for c in body["checks"])
 
 
-def test_progress_while_running_comes_from_finished_chunks(api, submitted, s3, api_settings):
+def test_progress_while_running_comes_from_chunk_results_and_chunk_progress(
+    api, keys, submitted, s3, api_settings, model_ref
+):
+    """A finished chunk's stored figures, else the figures a running chunk last wrote; other models' chunks not."""
     batches = api.app.state.batches
     batch_id = submitted["batch_id"]
-    for index, (tagged, errors) in enumerate([(2, 0), (0, 1)]):
-        s3.put_object(
-            Bucket=api_settings.warehouse_bucket,
-            Key=f"chunks/partition={batch_id}/model=m-0/chunk-{index:05d}-x.parquet",
-            Body=b"",
-            Metadata={"stats": json.dumps({"images": tagged + errors, "tagged": tagged, "errors": errors})},
-        )
-    assert batches._chunk_counts(batch_id, {"images": 3}) == {"images": 3, "tagged": 2, "errors": 1}
+    bucket = api_settings.warehouse_bucket
+    folder = f"chunks/partition={batch_id}/model=mobilenet_v2-{model_ref.short_version}/"
+    s3.put_object(  # chunk 0 is done: its result's figures replace its last progress
+        Bucket=bucket, Key=f"{folder}chunk-00000-x.parquet", Body=b"",
+        Metadata={"stats": json.dumps({"images": 2, "tagged": 2, "errors": 0})},
+    )
+    s3.put_object(Bucket=bucket, Key=f"{folder}progress/chunk-00000.json", Body=b'{"images": 2, "tagged": 1, "errors": 0}')
+    s3.put_object(Bucket=bucket, Key=f"{folder}progress/chunk-00001.json", Body=b'{"images": 1, "tagged": 0, "errors": 1}')
+    s3.put_object(  # an earlier model version's chunk of the same batch
+        Bucket=bucket, Key=f"chunks/partition={batch_id}/model=mobilenet_v2-0000000000000000/chunk-00000-y.parquet",
+        Body=b"", Metadata={"stats": json.dumps({"images": 3, "tagged": 3, "errors": 0})},
+    )
+    record = batches.record(api.app.state.customers.authenticate(keys["acme"]), batch_id)
+    assert batches._chunk_counts(batch_id, record) == {"images": 3, "tagged": 2, "errors": 1}
+
+
+@pytest.mark.parametrize(
+    ("counts", "failed_checks", "published", "state", "message"),
+    [
+        ((3, 3, 0), [], True, "succeeded", None),
+        ((3, 3, 0), [("low_confidence_share", "WARN")], True, "succeeded", None),
+        ((3, 2, 1), [("error_rate", "WARN")], True, "completed_with_errors", None),
+        # The issue's batch: every image missing, error_rate failed with severity ERROR.
+        ((10_000, 0, 10_000), [("error_rate", "ERROR")], True, "failed", "error_rate (image_tags)"),
+        ((3, 0, 3), [], True, "failed", "no image could be tagged: 3 errors"),
+        ((3, 2, 0), [("every_image_accounted_for", "ERROR")], True, "failed", "every_image_accounted_for"),
+        ((3, 3, 0), [], False, "failed", "no completion marker"),
+    ],
+)
+def test_a_finished_run_is_succeeded_only_when_every_image_was_tagged_and_no_error_check_failed(
+    counts, failed_checks, published, state, message
+):
+    images, tagged, errors = counts
+    checks = [{"name": "every_image_accounted_for", "asset": "image_tags", "passed": True, "severity": "ERROR"}]
+    checks += [{"name": name, "asset": "image_tags", "passed": False, "severity": severity} for name, severity in failed_checks]
+    got, error = batch_state({"images": images, "tagged": tagged, "errors": errors}, checks, published=published)
+    assert got == state
+    assert (error is None) if message is None else (message in error["message"])
 
 
 def test_every_dagster_run_status_maps_to_a_batch_state():
     import dagster as dg
 
     assert set(STATES) == {status.value for status in dg.DagsterRunStatus}
-    assert set(STATES.values()) == {"queued", "running", "succeeded", "failed"}
+    assert set(STATES.values()) == {"queued", "running", "finished", "failed"}
 
 
 def test_status_is_503_when_dagster_is_unreachable(api_settings, keys, submitted):
