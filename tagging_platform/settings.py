@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from pydantic import ValidationError, field_validator, model_validator
@@ -54,6 +55,8 @@ def allowed_location(entry: str) -> str:
 
 
 ENV_PREFIX = "TP_"
+# Set while from_env reads a mapping it was given, so that the process environment does not leak into it.
+_GIVEN_ONLY: ContextVar[bool] = ContextVar("given_only", default=False)
 # A list setting is written as comma-separated items in its variable, not as JSON.
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -195,9 +198,18 @@ class Settings(BaseSettings):
             if environ is None:
                 return cls()
             values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
-            return cls.model_validate(values)
+            token = _GIVEN_ONLY.set(True)
+            try:
+                return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
+            finally:
+                _GIVEN_ONLY.reset(token)
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        """The process environment, unless from_env was given a mapping: then that mapping alone."""
+        return (init_settings,) if _GIVEN_ONLY.get() else (init_settings, env_settings)
 
     @classmethod
     def variable_names(cls) -> set[str]:

@@ -117,3 +117,11 @@ def test_any_other_entry_is_refused_at_start_up_naming_the_variable(variable, ra
         Settings.from_env({variable: raw})
     assert str(info.value).startswith(f"{variable}: ")
     assert problem in str(info.value)
+
+
+def test_a_given_mapping_is_read_alone(monkeypatch):
+    monkeypatch.setenv("TP_BATCH_SIZE", "3")
+    monkeypatch.setenv("TP_CANARY_ENABLED", "0")
+    settings = Settings.from_env({"TP_FETCH_WORKERS": "2"})
+    assert settings.batch_size == Settings.model_fields["batch_size"].default
+    assert settings.canary_enabled is True and settings.fetch_workers == 2
