@@ -460,7 +460,7 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
         response_model=BatchAccepted,
         tags=["batches"],
         summary="Submit a batch: a manifest in the body or an s3:// URI of one",
-        responses=_errors(401, 403, 405, 413, 422),
+        responses=_errors(400, 401, 403, 405, 413, 422),
     )
     def submit_batch(body: BatchRequest, who: Authenticated):
         record = batches.submit(
