@@ -80,8 +80,11 @@ class Settings:
     # Published output: JSON Lines parts of this many objects, or one object per image.
     publish_format: str = "jsonl"
     publish_part_images: int = 10_000
-    # Engine.
-    batch_size: int = 32
+    # Engine. Batch size 0: the size a short probe measured fastest for the model on this kind of machine
+    # (tagging_platform.tuning); any other value pins it. Precision "auto": the device's native lower precision
+    # (bfloat16 on CPUs that have it, float16 on CUDA) where the accuracy gate passed it for the model version.
+    batch_size: int = 0
+    precision: str = "auto"
     fetch_workers: int = 4
     device: str = "auto"
     # Intake: "listing" lists the manifest bucket with a cursor; "events" reads the bucket's S3 event
@@ -160,6 +163,12 @@ class Settings:
             raise SettingsError(f"TP_DEPLOYMENT must be 'local' or 'k8s', not {self.deployment!r}")
         if self.intake not in ("listing", "events"):
             raise SettingsError(f"TP_INTAKE must be 'listing' or 'events', not {self.intake!r}")
+        if self.precision not in ("auto", "float32", "bfloat16", "float16"):
+            raise SettingsError(
+                f"TP_PRECISION must be 'auto', 'float32', 'bfloat16' or 'float16', not {self.precision!r}"
+            )
+        if self.batch_size < 0:
+            raise SettingsError(f"TP_BATCH_SIZE must be 0 (measured) or a batch size, not {self.batch_size}")
         if self.publish_format not in ("jsonl", "objects"):
             raise SettingsError(
                 f"TP_PUBLISH_FORMAT must be 'jsonl' or 'objects', not {self.publish_format!r}"
