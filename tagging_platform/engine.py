@@ -96,7 +96,7 @@ class _Decoded:
     position: int
     image: str
     etag: str | None
-    pixels: Any = None  # a CHW float tensor when the image decoded
+    pixels: Any = None  # a CHW uint8 tensor, resized and cropped, when the image decoded
     jpeg: bytes | None = None  # a plain JPEG left whole for the device's decoder, which takes a batch at once
     error: str | None = None
     fetch_s: float = 0.0
@@ -165,6 +165,14 @@ class Tagger:
 
     def decode(self, data: bytes):
         """Bytes of an image file to the model's input tensor, or an exception naming the problem."""
+        return self.normalise(self.pixels(data))
+
+    def pixels(self, data: bytes):
+        """Bytes of an image file to its resized and cropped CHW uint8 pixels, or an exception naming the problem.
+
+        Normalising waits for the batch: one vectorised pass over the whole batch in the inference thread instead
+        of one small parallel region per image in the fetch threads, and a quarter of the bytes in flight.
+        """
         prep = self.card.preprocessing
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
@@ -182,16 +190,23 @@ class Tagger:
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
             image = image.crop((left, top, left + side, top + side))
-        return self.model_input(image)
+        return self.model_pixels(image)
 
-    def model_input(self, image):
-        """A decoded image (a PIL image, or a CHW uint8 tensor on any device) resized, cropped and normalised."""
+    def model_pixels(self, image):
+        """A decoded image (a PIL image, or a CHW uint8 tensor on any device) resized and cropped, as uint8."""
         import torch
         from torchvision.transforms.v2 import functional as F
 
         prep = self.card.preprocessing
         image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
-        pixels = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+
+    def normalise(self, pixels):
+        """uint8 pixels (CHW or a NCHW batch) to the model's float32 input: scaled to 0-1 and normalised."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        prep = self.card.preprocessing
         return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), list(prep.mean), list(prep.std))
 
     def _decode_on_device(self, batch: list[_Decoded]) -> tuple[list[_Decoded], int, float]:
@@ -214,7 +229,7 @@ class Tagger:
                 device=self.jpeg_device,
             )
             decoded = {
-                id(d): dataclasses.replace(d, jpeg=None, pixels=self.model_input(image))
+                id(d): dataclasses.replace(d, jpeg=None, pixels=self.model_pixels(image))
                 for d, image in zip(waiting, images, strict=True)
             }
             on_device = len(waiting)
@@ -224,16 +239,19 @@ class Tagger:
 
     def _decode_with_pillow(self, item: _Decoded) -> _Decoded:
         try:
-            return dataclasses.replace(item, jpeg=None, pixels=self.decode(item.jpeg))
+            return dataclasses.replace(item, jpeg=None, pixels=self.pixels(item.jpeg))
         except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
             return dataclasses.replace(item, jpeg=None, error=_decode_error(exc))
 
     def predict(self, batch) -> list[tuple[list[dict[str, Any]], str, float]]:
-        """(tags, top tag, top confidence) per input of a stacked NCHW batch."""
+        """(tags, top tag, top confidence) per input of a stacked NCHW batch: uint8 pixels or normalised inputs."""
         import torch
 
         with torch.inference_mode():
-            inputs = batch.to(self.device, non_blocking=True).to(tuning.torch_dtype(self.precision))
+            inputs = batch.to(self.device, non_blocking=True)
+            if inputs.dtype == torch.uint8:
+                inputs = self.normalise(inputs)
+            inputs = inputs.to(tuning.torch_dtype(self.precision))
             if self.memory_format == "channels_last":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             probabilities = torch.softmax(self.network(inputs).float(), dim=1)
@@ -384,7 +402,7 @@ class Tagger:
         if self.jpeg_device and _plain_jpeg(data):
             return _Decoded(position, image, etag, jpeg=data, fetch_s=fetched - started)
         try:
-            pixels = self.decode(data)
+            pixels = self.pixels(data)
         except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
             return _Decoded(
                 position, image, etag, error=_decode_error(exc), fetch_s=fetched - started,
