@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tagging_platform import models, photos
+from tagging_platform.s3 import read_bytes
 
 FLOAT32 = "float32"
 PRECISIONS = (FLOAT32, "bfloat16", "float16")
@@ -162,9 +163,8 @@ def tuning_key(ref: models.ModelRef, precision: str, identity: dict[str, Any]) -
 
 
 def cached_choice(s3_client, ref: models.ModelRef, precision: str, identity: dict[str, Any]) -> BatchChoice | None:
-    try:
-        body = s3_client.get_object(Bucket=ref.bucket, Key=tuning_key(ref, precision, identity))["Body"].read()
-    except s3_client.exceptions.NoSuchKey:
+    body = read_bytes(s3_client, ref.bucket, tuning_key(ref, precision, identity))
+    if body is None:
         return None
     stored = json.loads(body)
     return BatchChoice(stored["batch_size"], stored["memory_format"], "cache", stored["rates"])
