@@ -19,6 +19,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "warehouse_io_manager": WarehouseIOManager(s3=s3, bucket=settings.warehouse_bucket),
         "tagger": TaggerResource(
             device=settings.device,
+            precision=settings.precision,
             batch_size=settings.batch_size,
             fetch_workers=settings.fetch_workers,
             top_k=settings.top_k,

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tagging_platform import models, photos, planning, publishing, taxonomy
+from tagging_platform import models, photos, planning, publishing, taxonomy, tuning
 from tagging_platform.s3 import make_client, read_bytes, split_uri
 from tagging_platform import layout
 from tagging_platform.manifests import partition_key_for
@@ -213,7 +213,8 @@ def run_model(args) -> int:
             profile = card.get("profile", {})
             print(
                 f"{card['name']:<24} {card['version'][:23]}  {card['kind']:<17} {card['num_classes']:>5} classes  "
-                f"{profile.get('accelerator', 'gpu')}  {card.get('description', '')[:60]}"
+                f"{profile.get('accelerator', 'gpu')}  precision: {tuning.describe_gate(card)}  "
+                f"{card.get('description', '')[:60]}"
             )
         return 0
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import hashlib
 import io
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from tagging_platform import layout, models, tags
+from tagging_platform import layout, models, tags, tuning
 from tagging_platform.s3 import is_not_found, list_objects, read_bytes, split_uri
 
 # Pillow's own guard warns at 89M pixels and fails at twice that; we fail at the warning level, with a reason.
@@ -52,6 +53,9 @@ _EXIF_TRANSPOSE = {
 
 class ImageTooLarge(Image.DecompressionBombError):
     """An image whose header declares more pixels than allowed; nothing of it was decoded."""
+
+# How long the batch probe may time the model when a load finds no earlier choice for this kind of machine.
+PROBE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,13 @@ class ChunkStats:
     inference_s: float = 0.0
     write_s: float = 0.0
     wall_s: float = 0.0
+    # How the model ran: its precision, batch size and inputs' memory format, where the batch came from
+    # (probe, cache, pinned) and the probe's images/s per batch size and format.
+    precision: str = ""
+    batch_size: int = 0
+    memory_format: str = ""
+    batch_source: str = ""
+    probe_ips: str = ""
     # The step process's peak resident memory: bounded by queue and batch sizes, whatever the chunk size.
     peak_rss_mb: float = 0.0
 
@@ -146,7 +157,7 @@ class _Decoded:
     position: int
     image: str
     etag: str | None
-    pixels: Any = None  # a CHW float tensor when the image decoded
+    pixels: Any = None  # a CHW uint8 tensor, resized and cropped, when the image decoded
     jpeg: bytes | None = None  # a plain JPEG left whole for the device's decoder, which takes a batch at once
     error: str | None = None
     fetch_s: float = 0.0
@@ -165,6 +176,9 @@ class Tagger:
     min_confidence: float = 0.05
     batch_size: int = 32
     fetch_workers: int = 4
+    precision: str = tuning.FLOAT32
+    memory_format: str = "channels_last"
+    batch_choice: tuning.BatchChoice | None = None
     # Where torchvision decodes plain JPEGs, a batch at a time: "cuda" (nvJPEG) frees the CPU for fetching and
     # the rest; None leaves every image to Pillow's draft mode in the fetch threads, the fastest way on a CPU.
     jpeg_device: str | None = None
@@ -172,7 +186,23 @@ class Tagger:
     _transform: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, s3_client, ref: models.ModelRef, *, device: str = "auto", **options) -> Tagger:
+    def load(
+        cls,
+        s3_client,
+        ref: models.ModelRef,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 0,
+        probe_s: float = PROBE_S,
+        **options,
+    ) -> Tagger:
+        """Load a model version, run it at the fastest precision the gate allows, at the batch size measured best.
+
+        `precision` "auto" takes the device's native lower precision when the gate passed it for this model
+        version; a precision named outright must have passed too. `batch_size` 0 takes the probe's choice for
+        this kind of machine (probing once, then reading it from the model bucket); any other value pins it.
+        """
         import torch
 
         started = time.perf_counter()
@@ -180,16 +210,32 @@ class Tagger:
         if device == "auto":
             # A model profiled for CPU stays there even in a GPU pod: its card says it is not worth a GPU.
             device = "cuda" if torch.cuda.is_available() and card.profile.accelerator == "gpu" else "cpu"
-        network = _prepare_for_inference(
-            models.load_network(card, models.load_artifact(s3_client, ref, card), device), card, device
+        network = models.load_network(card, models.load_artifact(s3_client, ref, card), device)
+        chosen = _gated_precision(s3_client, ref, card, network, device, precision)
+        network = _prepare_for_inference(network, card, device, chosen)
+        choice = (
+            tuning.BatchChoice(batch_size)
+            if batch_size
+            else _measured_batch(s3_client, ref, card, network, device, chosen, probe_s)
         )
         options.setdefault("jpeg_device", "cuda" if device == "cuda" else None)
-        return cls(card, ref, network, device, load_s=time.perf_counter() - started, **options)
+        return cls(
+            card, ref, network, device, batch_size=choice.batch_size, precision=chosen,
+            memory_format=choice.memory_format, batch_choice=choice, load_s=time.perf_counter() - started, **options,
+        )
 
     def decode(self, data: bytes):
         """Bytes of an image file to the model's input tensor, or an exception naming the problem."""
+        return self.normalise(self.pixels(data))
+
+    def pixels(self, data: bytes):
+        """Bytes of an image file to its resized and cropped CHW uint8 pixels, or an exception naming the problem.
+
+        Normalising waits for the batch: one vectorised pass over the whole batch in the inference thread instead
+        of one small parallel region per image in the fetch threads, and a quarter of the bytes in flight.
+        """
         with self.open_image(data) as opened:
-            return self.decode_opened(opened)
+            return self.opened_pixels(opened)
 
     def open_image(self, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
         """The image's header read (Pillow opens lazily: no pixel is decoded yet), refused over `max_pixels`.
@@ -208,7 +254,11 @@ class Tagger:
         return opened
 
     def decode_opened(self, opened):
-        """An opened image (open_image) to the model's input tensor, holding one full-size copy at most.
+        """An opened image (open_image) to the model's input tensor."""
+        return self.normalise(self.opened_pixels(opened))
+
+    def opened_pixels(self, opened):
+        """An opened image (open_image) to uint8 model pixels, holding one full-size copy at most.
 
         The full-size pixels are reduced by a whole factor in their own mode as soon as they are decoded,
         leaving at least REDUCING_GAP times the resize target (as Pillow's thumbnail does), and only the
@@ -230,16 +280,23 @@ class Tagger:
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
             image = image.crop((left, top, left + side, top + side))
-        return self.model_input(image)
+        return self.model_pixels(image)
 
-    def model_input(self, image):
-        """A decoded image (a PIL image, or a CHW uint8 tensor on any device) resized, cropped and normalised."""
+    def model_pixels(self, image):
+        """A decoded image (a PIL image, or a CHW uint8 tensor on any device) resized and cropped, as uint8."""
         import torch
         from torchvision.transforms.v2 import functional as F
 
         prep = self.card.preprocessing
         image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
-        pixels = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+
+    def normalise(self, pixels):
+        """uint8 pixels (CHW or a NCHW batch) to the model's float32 input: scaled to 0-1 and normalised."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        prep = self.card.preprocessing
         return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), list(prep.mean), list(prep.std))
 
     def _decode_on_device(self, batch: list[_Decoded]) -> tuple[list[_Decoded], int, float]:
@@ -262,7 +319,7 @@ class Tagger:
                 device=self.jpeg_device,
             )
             decoded = {
-                id(d): dataclasses.replace(d, jpeg=None, pixels=self.model_input(image))
+                id(d): dataclasses.replace(d, jpeg=None, pixels=self.model_pixels(image))
                 for d, image in zip(waiting, images, strict=True)
             }
             on_device = len(waiting)
@@ -272,18 +329,21 @@ class Tagger:
 
     def _decode_with_pillow(self, item: _Decoded) -> _Decoded:
         try:
-            return dataclasses.replace(item, jpeg=None, pixels=self.decode(item.jpeg))
+            return dataclasses.replace(item, jpeg=None, pixels=self.pixels(item.jpeg))
         except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
             return dataclasses.replace(item, jpeg=None, error=_decode_error(exc))
 
     def predict(self, batch) -> list[tuple[list[dict[str, Any]], str, float]]:
-        """(tags, top tag, top confidence) per input of a stacked NCHW batch."""
+        """(tags, top tag, top confidence) per input of a stacked NCHW batch: uint8 pixels or normalised inputs."""
         import torch
 
         with torch.inference_mode():
-            inputs = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if self.device == "cuda":
-                inputs = inputs.half()
+            inputs = batch.to(self.device, non_blocking=True)
+            if inputs.dtype == torch.uint8:
+                inputs = self.normalise(inputs)
+            inputs = inputs.to(tuning.torch_dtype(self.precision))
+            if self.memory_format == "channels_last":
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             probabilities = torch.softmax(self.network(inputs).float(), dim=1)
             confidences, classes = probabilities.topk(min(self.top_k, probabilities.shape[1]), dim=1)
         labels, parents = self.card.labels, self.card.parents
@@ -317,11 +377,16 @@ class Tagger:
         """
         import torch
 
-        stats = ChunkStats(images=len(spec.images), model_load_s=self.load_s)
+        choice = self.batch_choice or tuning.BatchChoice(self.batch_size, self.memory_format)
+        stats = ChunkStats(
+            images=len(spec.images), model_load_s=self.load_s, precision=self.precision, batch_size=self.batch_size,
+            memory_format=self.memory_format, batch_source=choice.source, probe_ips=choice.rates_text(),
+        )
         started = last_report = time.perf_counter()
         common = {
             "model_name": self.ref.name,
             "model_version": self.ref.version,
+            "precision": self.precision,
             "manifest": spec.manifest,
             "partition": spec.partition,
             "chunk": spec.index,
@@ -436,7 +501,7 @@ class Tagger:
         if self.jpeg_device and _plain_jpeg(data):
             return _Decoded(position, image, etag, jpeg=data, fetch_s=fetched - started)
         try:
-            pixels = self.decode(data)
+            pixels = self.pixels(data)
         except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
             return _Decoded(
                 position, image, etag, error=_decode_error(exc), fetch_s=fetched - started,
@@ -605,20 +670,76 @@ def chunk_specs(
     ]
 
 
-def _prepare_for_inference(network, card: models.ModelCard, device: str):
-    """Make the network fast where it runs: half precision on CUDA, a frozen, fused graph on CPU."""
+def _prepare_for_inference(network, card: models.ModelCard, device: str, precision: str = tuning.FLOAT32):
+    """Make the network fast where it runs: at `precision`, as is on CUDA, a frozen, fused graph on CPU."""
     import torch
 
-    example = torch.zeros(1, 3, card.preprocessing.crop, card.preprocessing.crop, device=device)
-    network = network.to(memory_format=torch.channels_last)
+    dtype = tuning.torch_dtype(precision)
+    network = network.to(memory_format=torch.channels_last).to(dtype)
     if device == "cuda":
-        return network.half()
+        return network
+    example = torch.zeros(1, 3, card.preprocessing.crop, card.preprocessing.crop, device=device, dtype=dtype)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         # TorchScript is deprecated in favour of torch.export, but it is still what folds batch norm
         # into the convolutions and frees the GIL for the whole forward pass on CPU (1.6x measured).
         warnings.simplefilter("ignore", FutureWarning)
         traced = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.trace(network, example)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def _gated_precision(s3_client, ref: models.ModelRef, card: models.ModelCard, network, device: str, asked: str) -> str:
+    """float32, or the lower precision asked for ("auto": the device's native one) if it passed the gate.
+
+    The first load of a model version on such a device measures the gate and records it in the card.
+    """
+    if asked not in ("auto", *tuning.PRECISIONS):
+        raise models.ModelError(f"precision must be 'auto' or one of {tuning.PRECISIONS}, not {asked!r}")
+    candidate = tuning.native_lower_precision(device) if asked == "auto" else asked
+    if candidate in (None, tuning.FLOAT32):
+        return tuning.FLOAT32
+    record = tuning.read_gate(s3_client, ref).get(candidate)
+    if record is None:
+        record = measure_gate(card, network, device, candidate)
+        tuning.record_gate(s3_client, ref, record)
+    if record["passed"]:
+        return candidate
+    if asked == "auto":
+        return tuning.FLOAT32
+    raise tuning.PrecisionRefused(
+        f"model {ref.name} {ref.short_version}: in {candidate}, float32's first tag stayed in the top 5 for "
+        f"{record['top5_containment']:.1%} of {record['images']} calibration images, under the "
+        f"{tuning.CONTAINMENT_TARGET:.1%} required; run it in float32 or 'auto'"
+    )
+
+
+def measure_gate(card: models.ModelCard, network, device: str, precision: str) -> dict[str, Any]:
+    """How the network at `precision` agrees with itself in float32 on the calibration photographs.
+
+    The network is copied before each preparation, so it may be the one about to be used.
+    """
+    inputs = calibration_inputs(card)
+    expected = tuning.top5(_prepare_for_inference(copy.deepcopy(network), card, device), inputs, tuning.FLOAT32, device)
+    lower = _prepare_for_inference(copy.deepcopy(network), card, device, precision)
+    return tuning.gate_record(expected, tuning.top5(lower, inputs, precision, device), precision, device)
+
+
+def calibration_inputs(card: models.ModelCard):
+    """The calibration photographs as the model's inputs: a stacked NCHW float32 batch, on the CPU."""
+    import torch
+
+    decoder = Tagger(card, None, None, "cpu")  # only its decode: the card's preprocessing
+    return torch.stack([decoder.decode(data) for _, data in tuning.calibration_images()])
+
+
+def _measured_batch(s3_client, ref, card: models.ModelCard, network, device: str, precision: str, probe_s: float):
+    """The probe's choice for this model version, precision and kind of machine: read if stored, else measured."""
+    identity = tuning.machine_identity(device)
+    choice = tuning.cached_choice(s3_client, ref, precision, identity)
+    if choice is None:
+        shape = (3, card.preprocessing.crop, card.preprocessing.crop)
+        choice = tuning.probe_batch(network, shape, device, precision, probe_s)
+        tuning.store_choice(s3_client, ref, precision, identity, choice)
+    return choice
 
 
 def _plain_jpeg(data: bytes) -> bool:

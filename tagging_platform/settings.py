@@ -121,8 +121,11 @@ class Settings(BaseSettings):
     # object per image.
     publish_format: Literal[PUBLISH_FORMATS] = "jsonl"
     publish_part_images: int = 10_000
-    # Engine.
-    batch_size: int = 32
+    # Engine. Batch size 0: the size a short probe measured fastest for the model on this kind of machine
+    # (tagging_platform.tuning); any other value pins it. Precision "auto": the device's native lower precision
+    # (bfloat16 on CPUs that have it, float16 on CUDA) where the accuracy gate passed it for the model version.
+    batch_size: int = 0
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     fetch_workers: int = 4
     device: str = "auto"
     # Intake: "listing" lists the manifest bucket with a cursor; "events" reads the bucket's S3 event
@@ -244,6 +247,8 @@ class Settings(BaseSettings):
         if not 0 <= self.error_rate_warn <= self.error_rate_error <= 1:
             raise ValueError("TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR, both in [0, 1]")
         self._validate_planning()
+        if self.batch_size < 0:
+            raise ValueError(f"TP_BATCH_SIZE must be 0 (measured) or a batch size, not {self.batch_size}")
         if self.api_max_tag_pixels > self.api_decode_budget_pixels:
             raise ValueError("TP_API_MAX_TAG_PIXELS must not exceed TP_API_DECODE_BUDGET_PIXELS: that image could never decode")
         if self.api_public_url and not self.api_public_url.startswith(("http://", "https://")):

@@ -48,6 +48,9 @@ TAG_SCHEMA = pa.schema(
         pa.field("tagged_at", pa.timestamp("ms", tz="UTC"), nullable=False),
         # Null when this run tagged the image; set when the tags were reused (tagging_platform.reuse).
         pa.field("reused_from", ORIGIN_STRUCT),
+        # The arithmetic the model ran in (float32, or a lower precision that passed the gate, tagging_platform.tuning).
+        # Null on reused rows and on rows written before the column existed.
+        pa.field("precision", pa.string()),
     ]
 )
 
@@ -94,6 +97,8 @@ def tag_object(row: dict[str, Any]) -> dict[str, Any]:
     else:
         obj["error"] = row["error"]
     obj["model"] = {"name": row["model_name"], "version": row["model_version"]}
+    if row.get("precision"):
+        obj["model"]["precision"] = row["precision"]
     obj["manifest"] = row["manifest"]
     obj["run_id"] = row["run_id"]
     obj["chunk"] = row["chunk"]
