@@ -96,7 +96,7 @@ def test_the_gate_refuses_a_precision_that_loses_tags(s3, settings, calibration,
 
 
 def test_precision_setting_is_checked():
-    with pytest.raises(SettingsError, match="TP_PRECISION must be 'auto', 'float32', 'bfloat16' or 'float16', not 'fp8'"):
+    with pytest.raises(SettingsError, match="TP_PRECISION: Input should be 'auto', 'float32', 'bfloat16' or 'float16', not 'fp8'"):
         Settings.from_env({"TP_PRECISION": "fp8"})
     with pytest.raises(models.ModelError, match="precision must be 'auto' or one of"):
         engine._gated_precision(None, None, None, None, "cpu", "fp8")
