@@ -55,8 +55,9 @@ def allowed_location(entry: str) -> str:
 
 
 ENV_PREFIX = "TP_"
-# Set while from_env reads a mapping it was given, so that the process environment does not leak into it.
-_GIVEN_ONLY: ContextVar[bool] = ContextVar("given_only", default=False)
+# Set while from_env() reads the process environment: Settings(...) itself is the shipped defaults plus what it
+# is given, whatever the environment holds (tests and tools build settings beside a configured process).
+_FROM_PROCESS_ENV: ContextVar[bool] = ContextVar("from_process_env", default=False)
 # A list setting is written as comma-separated items in its variable, not as JSON.
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -199,20 +200,20 @@ class Settings(BaseSettings):
         """The settings of this process's environment, or of `environ` alone when it is given."""
         try:
             if environ is None:
-                return cls()
+                token = _FROM_PROCESS_ENV.set(True)
+                try:
+                    return cls()
+                finally:
+                    _FROM_PROCESS_ENV.reset(token)
             values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
-            token = _GIVEN_ONLY.set(True)
-            try:
-                return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
-            finally:
-                _GIVEN_ONLY.reset(token)
+            return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        """The process environment, unless from_env was given a mapping: then that mapping alone."""
-        return (init_settings,) if _GIVEN_ONLY.get() else (init_settings, env_settings)
+        """The process environment only for from_env(); otherwise what the constructor is given."""
+        return (init_settings, env_settings) if _FROM_PROCESS_ENV.get() else (init_settings,)
 
     @classmethod
     def variable_names(cls) -> set[str]:

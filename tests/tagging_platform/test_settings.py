@@ -125,3 +125,9 @@ def test_a_given_mapping_is_read_alone(monkeypatch):
     settings = Settings.from_env({"TP_FETCH_WORKERS": "2"})
     assert settings.batch_size == Settings.model_fields["batch_size"].default
     assert settings.canary_enabled is True and settings.fetch_workers == 2
+
+
+def test_the_constructor_is_the_shipped_defaults_whatever_the_environment(monkeypatch):
+    monkeypatch.setenv("TP_MAX_CHUNK_IMAGES", "900")
+    assert Settings().max_chunk_images == Settings.model_fields["max_chunk_images"].default
+    assert Settings.from_env().max_chunk_images == 900
