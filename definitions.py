@@ -19,6 +19,8 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
                 "max_concurrent": settings.max_gpus * 2,
                 "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()],
                 "unschedulable_timeout_s": settings.step_unschedulable_timeout_s,
+                "gpu_node_selector": settings.gpu_node_selector,
+                "gpu_toleration_key": settings.gpu_toleration_key,
                 "step_k8s_config": HARDENED_STEP_POD,
             }
         )
