@@ -93,6 +93,20 @@ def shipped_pods() -> dict[str, dict]:
     return pods
 
 
+def test_tag_chunk_pods_go_to_the_gpu_pool_the_settings_name():
+    from definitions import k8s_executor_config
+
+    settings = Settings.from_env({**settings_configmap(), "TP_GPU_NODE_SELECTOR": "pool.example/gpu=a10g",
+                                  "TP_GPU_TOLERATION_KEY": "example.com/gpu"})
+    config = k8s_executor_config(settings)
+    assert (config["gpu_node_selector"], config["gpu_toleration_key"]) == ("pool.example/gpu=a10g", "example.com/gpu")
+    placed = placed_on_gpu_pool(UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"]),
+                                config["gpu_node_selector"], config["gpu_toleration_key"])
+    assert placed.pod_spec_config["node_selector"] == {"pool.example/gpu": "a10g"}
+    assert placed.pod_spec_config["tolerations"] == [{"key": "example.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert placed.container_config["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+
+
 def test_the_pods_built_here_are_those_the_manifests_and_values_ship():
     pods = shipped_pods()
     assert {"Deployment/tagging-platform-api", "Deployment/pushgateway", "Deployment/dagster-ui-auth-proxy",
@@ -397,8 +411,8 @@ def test_production_runs_the_sqs_intake_on_the_queues_the_policy_and_notificatio
         assert ("sqs:GetQueueUrl", f"arn:aws:sqs:us-east-1:ACCOUNT_ID:{name}") in daemon, name
     # The queues exist before the bucket notifies them: S3 refuses a notification to a queue that is not there.
     for text in (GUIDE.read_text(), (DEPLOY / "manifest-queues.md").read_text()):
-        create = text.index(f"aws sqs create-queue --queue-name {data['TP_MANIFEST_QUEUE']}")
-        assert create < text.index("put-bucket-notification-configuration")
+        create = re.search(rf"aws sqs create-queue --queue-name {data['TP_MANIFEST_QUEUE']}(?![\w-])", text)
+        assert create and create.start() < text.index("put-bucket-notification-configuration")
 
 
 def test_the_network_policies_allow_no_public_address_and_reach_sts_and_s3_through_the_endpoint_subnet():
