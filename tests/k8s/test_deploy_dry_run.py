@@ -81,7 +81,8 @@ def test_a_rehearsal_applies_what_the_server_serves_and_the_api_pod_from_its_own
     }
     applied = []
     try:
-        for name, doc in manifests():
+        # In the guide's order: identities and settings before the workloads that read them.
+        for name, doc in sorted(manifests(), key=lambda item: item[1]["kind"] == "Deployment"):
             if (doc["apiVersion"], doc["kind"]) in NOT_SERVED_BY_1_20:
                 continue
             doc = copy.deepcopy(doc)
@@ -104,9 +105,9 @@ def test_a_rehearsal_applies_what_the_server_serves_and_the_api_pod_from_its_own
         deadline = time.monotonic() + 120
         while True:
             pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=tagging-platform-api").items
-            if pods and pods[0].status.phase == "Running":
+            if [p.status.phase for p in pods] == ["Running"]:
                 break
-            assert time.monotonic() < deadline, [p.status for p in pods]
+            assert time.monotonic() < deadline, [(p.metadata.name, p.status.phase) for p in pods]
             time.sleep(1)
         [pod] = pods
         assert pod.spec.node_name == "tp-cpu-node" and pod.spec.security_context.run_as_non_root
