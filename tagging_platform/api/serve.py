@@ -57,11 +57,11 @@ def create_key(
 
 def revoke_key(customer: str) -> int:
     from tagging_platform.api.keys import CACHE_S, CustomerError, CustomerStore
-    from tagging_platform.embedded import s3_client
+    from tagging_platform.s3 import make_client
 
     settings = Settings.from_env()
     try:
-        CustomerStore(s3_client(settings), settings).revoke(customer)
+        CustomerStore(make_client(settings), settings).revoke(customer)
     except CustomerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
