@@ -10,18 +10,23 @@ from sensors import build_canary_schedule, build_failed_run_sensor, build_manife
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
+def k8s_executor_config(settings: Settings) -> dict:
+    """The k8s executor's config: dagster-k8s's k8s_job_executor options plus ours (resources/k8s_executor.py)."""
+    return {
+        "max_concurrent": settings.max_gpus * 2,
+        "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()],
+        "unschedulable_timeout_s": settings.step_unschedulable_timeout_s,
+        "gpu_node_selector": settings.gpu_node_selector,
+        "gpu_toleration_key": settings.gpu_toleration_key,
+        "step_k8s_config": HARDENED_STEP_POD,
+    }
+
+
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     if settings.deployment == "k8s":
         # The image, namespace and service account come from the K8sRunLauncher on the instance.
         # dagster-k8s's k8s_job_executor, plus failing a step whose pod stays unschedulable (resources/k8s_executor.py).
-        return k8s_step_executor.configured(
-            {
-                "max_concurrent": settings.max_gpus * 2,
-                "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()],
-                "unschedulable_timeout_s": settings.step_unschedulable_timeout_s,
-                "step_k8s_config": HARDENED_STEP_POD,
-            }
-        )
+        return k8s_step_executor.configured(k8s_executor_config(settings))
     # Each step process forks from a server that has imported the definitions once, instead of importing
     # dagster, pandas, pyarrow, boto3 and the platform again for every step.
     return dg.multiprocess_executor.configured(

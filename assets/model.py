@@ -8,9 +8,13 @@ from tagging_platform import models
 
 # Read back by the model registry sensor: a registry that no longer matches it needs a new materialization.
 REGISTRY_FINGERPRINT = "registry_fingerprint"
+# On Kubernetes this step runs as the one ServiceAccount whose IAM role may write the model bucket
+# (deploy/service-accounts.yaml, deploy/iam/registry-policy.json); tagging steps may only read it.
+REGISTRY_SERVICE_ACCOUNT = "tagging-platform-registry"
 
 
 @dg.asset(
+    op_tags={"dagster-k8s/config": {"pod_spec_config": {"service_account_name": REGISTRY_SERVICE_ACCOUNT}}},
     group_name="model",
     io_manager_key="warehouse_io_manager",
     kinds={"pytorch", "s3"},

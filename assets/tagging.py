@@ -14,14 +14,11 @@ from tagging_platform import engine, metrics, reuse, tags
 from tagging_platform.models import ModelRef
 from tagging_platform.planning import plan_for
 
-# On Kubernetes each tag_chunk step is a pod on the GPU pool; other executors ignore these tags.
+# On Kubernetes each tag_chunk step is a pod asking for one GPU; the k8s executor places it on the GPU pool named by
+# TP_GPU_NODE_SELECTOR / TP_GPU_TOLERATION_KEY (resources/k8s_executor.py). Other executors ignore these tags.
 GPU_STEP_TAGS = {
     "dagster-k8s/config": {
         "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
-        "pod_spec_config": {
-            "node_selector": {"tagging.platform/pool": "gpu"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        },
     },
 }
 
@@ -140,6 +137,7 @@ def merge_chunks(
     figures = [(spec.index, engine.chunk_stats(client, bucket, spec)) for spec in ordered]
     # The next manifests with these images (same ETag, same model version) take these tags instead of re-running.
     indexed = reuse.record(client, bucket, planned.partition, table)
+    metrics.delete_chunks(platform.settings.metrics_pushgateway, planned.partition, [s.index for s in ordered])
     tagging_s = sum(f.get("wall_s", 0.0) for _, f in figures)
     tagged = sum(f.get("images", 0) for _, f in figures)
     rows = "\n".join(

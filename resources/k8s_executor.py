@@ -10,8 +10,10 @@ Job, so the pending pod stops asking an autoscaler for a node. The op's retry po
 failure: the wait already covered the time capacity had to appear, and retrying would wait again.
 
 It also sizes `tag_chunk` pods by the model's resource profile (tagging_platform.models.ResourceProfile): the
-op's tags ask for a GPU, and a manifest whose model is declared CPU-only gets CPU pods without a GPU request.
-The step handler decides this at launch, when the `manifest` step has already resolved the model.
+op's tags ask for a GPU, and the handler places such a pod on the GPU pool (the node selector and toleration of
+TP_GPU_NODE_SELECTOR / TP_GPU_TOLERATION_KEY, deploy/gpu-nodepool.yaml); a manifest whose model is declared
+CPU-only gets CPU pods without a GPU request. The step handler decides this at launch, when the `manifest` step
+has already resolved the model.
 """
 
 import datetime as dt
@@ -53,6 +55,17 @@ HARDENED_STEP_POD = {
 }
 
 
+def placed_on_gpu_pool(config: UserDefinedDagsterK8sConfig, node_selector: str, toleration_key: str) -> UserDefinedDagsterK8sConfig:
+    """A tag_chunk pod's config for a GPU model: the GPU pool's node label ("key=value") and its taint tolerated."""
+    key, _, value = node_selector.partition("=")
+    pod = {
+        **config.pod_spec_config,
+        "node_selector": {key: value},
+        "tolerations": [{"key": toleration_key, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    return config._replace(pod_spec_config=pod)
+
+
 def sized_for_cpu(config: UserDefinedDagsterK8sConfig, memory: str) -> UserDefinedDagsterK8sConfig:
     """A tag_chunk pod's config for a CPU-only model: no GPU request, off the GPU pool, the model's memory."""
     container = {k: v for k, v in config.container_config.items() if k != "resources"}
@@ -84,9 +97,11 @@ def planned_unschedulable_timeout(instance, run_id: str) -> float | None:
 class SchedulingAwareK8sStepHandler(K8sStepHandler):
     # Node start-up (TP_STEP_UNSCHEDULABLE_TIMEOUT_S): the limit of every step pod but tag_chunk's.
     unschedulable_timeout_s: float = 900.0
+    gpu_node_selector: str = "tagging.platform/pool=gpu"
+    gpu_toleration_key: str = "nvidia.com/gpu"
 
     def _get_container_context(self, step_handler_context) -> K8sContainerContext:
-        """tag_chunk asks for a GPU (its op tags); a manifest whose model is CPU-only gets CPU pods instead."""
+        """tag_chunk asks for a GPU (its op tags) on the GPU pool; a manifest whose model is CPU-only gets CPU pods."""
         context = super()._get_container_context(step_handler_context)
         step_key = self._get_step_key(step_handler_context)
         if step_handler_context.get_step_context(step_key).step.op_name != "tag_chunk":
@@ -97,7 +112,9 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
             self._profiles[partition] = manifest_profile(step_handler_context.instance, partition) if partition else {}
         profile = self._profiles[partition]
         if profile.get("accelerator") != "cpu":
-            return context
+            return context._replace(
+                run_k8s_config=placed_on_gpu_pool(context.run_k8s_config, self.gpu_node_selector, self.gpu_toleration_key)
+            )
         return context._replace(run_k8s_config=sized_for_cpu(context.run_k8s_config, profile["memory"]))
 
     def check_step_health(self, step_handler_context) -> CheckStepHealthResult:
@@ -159,6 +176,8 @@ class _Executor(StepDelegatingExecutor):
         **_K8S_EXECUTOR_CONFIG_SCHEMA,
         "unschedulable_timeout_s": Field(IntSource, is_required=False, default_value=900),
         "step_health_check_interval_s": Field(IntSource, is_required=False, default_value=10),
+        "gpu_node_selector": Field(str, is_required=False, default_value="tagging.platform/pool=gpu"),
+        "gpu_toleration_key": Field(str, is_required=False, default_value="nvidia.com/gpu"),
     },
     requirements=multiple_process_executor_requirements(),
 )
@@ -167,6 +186,8 @@ def k8s_step_executor(init_context: InitExecutorContext):
     config = dict(init_context.executor_config)
     timeout = config.pop("unschedulable_timeout_s")
     interval = config.pop("step_health_check_interval_s")
+    gpu_node_selector = config.pop("gpu_node_selector")
+    gpu_toleration_key = config.pop("gpu_toleration_key")
     base = k8s_job_executor.executor_creation_fn(
         InitExecutorContext(
             job=init_context.job, executor_def=k8s_job_executor, executor_config=config,
@@ -179,6 +200,8 @@ def k8s_step_executor(init_context: InitExecutorContext):
     handler = base._step_handler  # noqa: SLF001
     handler.__class__ = SchedulingAwareK8sStepHandler
     handler.unschedulable_timeout_s = float(timeout)
+    handler.gpu_node_selector = gpu_node_selector
+    handler.gpu_toleration_key = gpu_toleration_key
     handler._profiles = {}  # noqa: SLF001 - partition -> the manifest's resource profile
     handler._planned_limits = {}  # noqa: SLF001 - run id -> its tag_chunk pods' unschedulable limit
     return base

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--batch-size", type=int, default=32)
     register.add_argument("--description", default="")
     model_commands.add_parser("list", help="every registered model's latest version")
+    promote = model_commands.add_parser(
+        "promote", help="make a registered version the model's latest (a rollback promotes the older version)"
+    )
+    promote.add_argument("model", metavar="NAME@VERSION", help="a registered version (a prefix of its hash will do)")
 
     retag = commands.add_parser(
         "retag", help="re-tag the batches an older version of a model tagged: the estimate, then one backfill of them"
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("batch_id")
     status.add_argument("--api-url", help="default: TP_API_PUBLIC_URL, else http://TP_API_HOST:TP_API_PORT")
     api_key = commands.add_parser("api-key", help="API keys: one per customer, stored hashed")
-    api_key.add_argument("action", choices=["create"])
+    api_key.add_argument("action", choices=["create", "revoke"], help="revoke: the customer's key stops working")
     api_key.add_argument("customer", help="lowercase letters, digits and '-'")
     api_key.add_argument("--output-prefix", action="append", default=[], help="s3://bucket/prefix/ (repeatable)")
     images = api_key.add_mutually_exclusive_group()
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_api(args) -> int:
     from tagging_platform.api import serve
 
+    if args.command == "api-key" and args.action == "revoke":
+        return serve.revoke_key(args.customer)
     if args.command == "api-key":
         return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate, args.all_images)
     if args.dev:
@@ -208,6 +214,16 @@ def run_query(args) -> int:
 def run_model(args) -> int:
     settings = Settings.from_env()
     client = make_client(settings)
+    if args.model_command == "promote":
+        try:
+            previous, ref = models.promote_model(client, settings.model_bucket, args.model)
+        except models.ModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{ref.name}: latest is now {ref.version} (was {previous.version if previous else 'none'})")
+        print("the model registry sensor re-materializes tagger_model; `tagging-platform retag --model "
+              f"{ref.name} --dry-run` lists the batches tagged by another version")
+        return 0
     if args.model_command == "list":
         for card in models.list_models(client, settings.model_bucket):
             profile = card.get("profile", {})

@@ -2,8 +2,10 @@
 
 A step is a short-lived process (a pod on Kubernetes) that Prometheus could not scrape in time, so
 each chunk pushes its outcome under its own group (`job="tag_chunk"`, `batch`, `chunk`): while it
-runs, its progress; when it ends, its totals. Prometheus scrapes the Pushgateway with
-`honor_labels: true` (deploy/prometheus.yaml), and sums over the groups:
+runs, its progress; when it ends, its totals. Once a batch's chunks are merged, their groups are deleted
+(`delete_chunks`), so the gateway holds only batches in flight and never grows with the batches ever run;
+Prometheus keeps what it scraped meanwhile. It scrapes the Pushgateway with `honor_labels: true`
+(deploy/prometheus/scrape-configs.yml), and sums over the groups:
 
     sum by (model) (tagging_chunk_images{status="ok"})        images tagged
     sum by (model) (tagging_chunk_images{status="error"})     images that failed
@@ -32,7 +34,7 @@ import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.exposition import default_handler, push_to_gateway
+from prometheus_client.exposition import default_handler, delete_from_gateway, push_to_gateway
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +123,15 @@ def chunk_pusher(gateway: str, batch: str, chunk: int, model: str, version: str)
             log.warning("could not push metrics to %s: %s", gateway, exc)
 
     return push
+
+
+def delete_chunks(gateway: str, batch: str, chunks: list[int]) -> None:
+    """Delete a batch's chunk groups from the gateway once its chunks are merged; a no-op without a gateway."""
+    if not gateway:
+        return
+    for chunk in chunks:
+        try:
+            delete_from_gateway(gateway, job=JOB, grouping_key={"batch": batch, "chunk": str(chunk)}, handler=_handler)
+        except OSError as exc:
+            log.warning("could not delete chunk %s of %s from %s: %s", chunk, batch, gateway, exc)
+            return

@@ -272,6 +272,25 @@ def resolve_model(s3_client, bucket: str, spec: str) -> ModelRef:
     return ModelRef(name, card["version"], bucket)
 
 
+def promote_model(s3_client, bucket: str, spec: str) -> tuple[ModelRef | None, ModelRef]:
+    """Point `latest` at a registered version ("name@version"): an upgrade, or a rollback to an older version.
+
+    Nothing is copied or re-registered: the version's files are already there, so only the pointer moves, and
+    the registry's fingerprint changes with it (the model registry sensor then re-materializes tagger_model).
+    Returns the version that was latest before, and the one that is now.
+    """
+    name, _, version = spec.partition("@")
+    if not version:
+        raise ModelError(f"promote needs NAME@VERSION, not {spec!r}: `tagging-platform model list` shows the latest")
+    target = resolve_model(s3_client, bucket, spec)
+    try:
+        previous = resolve_model(s3_client, bucket, name)
+    except ModelError:
+        previous = None
+    s3_client.put_object(Bucket=bucket, Key=f"{name}/latest.json", Body=json.dumps(target.as_dict()).encode())
+    return previous, target
+
+
 def list_models(s3_client, bucket: str) -> list[dict[str, Any]]:
     """Every registered model's latest card (as stored), by name: what `GET /v1/models` and `model list` show."""
     names = [folder.rstrip("/") for folder in list_folder(s3_client, bucket, "")[1]]

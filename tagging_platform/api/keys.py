@@ -3,7 +3,8 @@
 A key reads `tp_<customer>_<secret>`: the customer's name says which record to read, the secret
 (256 random bits) is what proves it, so a plain SHA-256 is enough at rest (a slow password hash
 guards guessable secrets; these are not). Creating a key again for the same customer replaces
-the old one (rotation). Each record also holds the customer's own output prefixes (where its
+the old one (rotation); revoking it leaves the customer without a key (its record and batches stay, and
+a later `--rotate` issues a new key). Each record also holds the customer's own output prefixes (where its
 results may go) and image prefixes (where its images and manifests must come from).
 
 Customers are kept apart by default: a customer created without image prefixes gets
@@ -157,6 +158,21 @@ class CustomerStore:
             self._cache.pop(customer, None)
         return key, self._customer(record)
 
+    def revoke(self, customer: str) -> None:
+        """Remove the customer's key: it is refused (401) once the API's cached record expires (CACHE_S)."""
+        record = self._read(customer) if CUSTOMER_NAME.match(customer) else None
+        if record is None:
+            raise CustomerError(f"no customer {customer!r}: nothing to revoke")
+        record.update(key_sha256=None, key_hint=None, key_revoked_at=_now())
+        self.s3.put_object(
+            Bucket=self.settings.warehouse_bucket,
+            Key=self.record_key(customer),
+            Body=json.dumps(record, indent=2).encode(),
+            ContentType="application/json",
+        )
+        with self._lock:
+            self._cache.pop(customer, None)
+
     def authenticate(self, key: str) -> Customer | None:
         """The customer a presented key belongs to, or None for a malformed, unknown or replaced key."""
         if not key.startswith(KEY_PREFIX) or len(key) > 200:
@@ -165,7 +181,7 @@ class CustomerStore:
         if not sep or not secret or not CUSTOMER_NAME.match(customer):
             return None
         record = self._cached(customer)
-        if record is None or not hmac.compare_digest(hash_key(key), record["key_sha256"]):
+        if record is None or not record["key_sha256"] or not hmac.compare_digest(hash_key(key), record["key_sha256"]):
             return None
         return self._customer(record)
 

@@ -1,6 +1,6 @@
 """Running the API: `tagging-platform api` (production: settings from TP_*), `--dev` (what `make api` runs:
 the embedded S3 server and `dagster dev` as well, a `demo` customer and photographs to try it on), and
-`tagging-platform api-key create` (one key per customer, printed once)."""
+`tagging-platform api-key create` (one key per customer, printed once) and `api-key revoke`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ def create_key(
     print(f"  images and manifests from {', '.join(created.image_prefixes)}", file=sys.stderr)
     print("the API key (shown this once; only its SHA-256 is stored):", file=sys.stderr)
     print(key)
+    return 0
+
+
+def revoke_key(customer: str) -> int:
+    from tagging_platform.api.keys import CACHE_S, CustomerError, CustomerStore
+    from tagging_platform.s3 import make_client
+
+    settings = Settings.from_env()
+    try:
+        CustomerStore(make_client(settings), settings).revoke(customer)
+    except CustomerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"customer {customer}: key revoked; the API refuses it within {CACHE_S:.0f} s (`api-key create --rotate` issues a new one)")
     return 0
 
 

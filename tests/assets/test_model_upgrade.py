@@ -1,4 +1,5 @@
-"""A new version of the default model makes earlier batches stale in Dagster, and `retag --dry-run` lists exactly them."""
+"""A new version of the default model makes earlier batches stale in Dagster, and `retag --dry-run` lists exactly them;
+`model promote` of the older version rolls it back, and the sensor, staleness and retag follow."""
 
 import dataclasses
 import uuid
@@ -11,6 +12,7 @@ from dagster._core.loader import LoadingContextForTest
 from tagging_platform import cli, models
 
 from tests.conftest import record_manifest
+from tests.sensors.test_manifest_sensor import _tick
 
 
 @pytest.fixture
@@ -68,3 +70,36 @@ def test_a_new_model_version_makes_earlier_batches_stale_and_retag_dry_run_lists
     assert listed == sorted(earlier)
     assert f"to re-tag with mobilenet_v2@{new.short_version}" in out and "2 batches, 2 images, 2 chunks" in out
     assert "dry run: nothing launched" in out
+
+
+def test_promoting_the_older_version_rolls_back_and_the_sensor_staleness_and_retag_follow(
+    registered_instance, definitions, s3, settings, photographs, upload_images, upgraded_default_model, capsys
+):
+    instance = registered_instance
+    old = models.resolve_model(s3, settings.model_bucket, "mobilenet_v2")
+    earlier = _tag_batch(definitions, instance, s3, settings, upload_images({"chelsea.jpg": photographs["chelsea.jpg"]}))
+    new = upgraded_default_model()
+    assert definitions.resolve_job_def("publish_model").execute_in_process(instance=instance).success
+    later = _tag_batch(definitions, instance, s3, settings, upload_images({"coffee.jpg": photographs["coffee.jpg"]}))
+    assert _status(definitions, instance, "image_tags", earlier) == StaleStatus.STALE
+
+    # Rollback: the older version becomes latest again; nothing is re-registered.
+    assert cli.main(["model", "promote", f"mobilenet_v2@{old.short_version}"]) == 0
+    assert f"latest is now {old.version} (was {new.version})" in capsys.readouterr().out
+    assert models.resolve_model(s3, settings.model_bucket, "mobilenet_v2") == old
+    [request] = _tick(definitions, instance, sensor_name="model_registry").run_requests  # the registry moved
+    assert request.job_name == "publish_model"
+    assert definitions.resolve_job_def("publish_model").execute_in_process(instance=instance).success
+    assert _status(definitions, instance, "image_tags", earlier) == StaleStatus.FRESH
+    assert _status(definitions, instance, "image_tags", later) == StaleStatus.STALE
+    code = cli.main(["retag", "--model", "mobilenet_v2", "--manifest", earlier, "--manifest", later, "--dry-run",
+                     "--dagster-url", "http://127.0.0.1:9"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("upgrade-")]
+    assert code == 0 and listed == [later]
+
+
+def test_promote_names_what_it_cannot_promote(s3, settings, capsys):
+    assert cli.main(["model", "promote", "mobilenet_v2"]) == 2
+    assert "needs NAME@VERSION" in capsys.readouterr().err
+    assert cli.main(["model", "promote", "mobilenet_v2@0000dead"]) == 2
+    assert "unknown version '0000dead' of model 'mobilenet_v2'" in capsys.readouterr().err

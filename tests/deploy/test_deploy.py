@@ -16,8 +16,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
 from assets.tagging import GPU_STEP_TAGS
-from resources.k8s_executor import HARDENED_STEP_POD
+from resources.k8s_executor import HARDENED_STEP_POD, placed_on_gpu_pool
 from tagging_platform.settings import Settings
 from tests.conftest import REPO
 
@@ -65,14 +67,15 @@ def test_a_manifest_with_a_misspelt_field_is_rejected_by_the_same_validation():
 
 
 def test_the_gpu_node_pool_scales_to_zero_and_takes_exactly_the_tag_chunk_pods():
-    settings = Settings()
+    settings = Settings.from_env(settings_configmap())
     [pool] = [d for d in docs_of("gpu-nodepool.yaml") if d["kind"] == "NodePool"]
     template = pool["spec"]["template"]
     selector_key, selector_value = settings.gpu_node_selector.split("=")
     assert template["metadata"]["labels"] == {selector_key: selector_value}
     assert template["spec"]["taints"] == [{"key": settings.gpu_toleration_key, "value": "present", "effect": "NoSchedule"}]
-    # The step pods' own selector and toleration are the pool's.
-    pod_spec = GPU_STEP_TAGS["dagster-k8s/config"]["pod_spec_config"]
+    # The step pods' own selector and toleration are the pool's: the executor places them with the ConfigMap's settings.
+    config = UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"])
+    pod_spec = placed_on_gpu_pool(config, settings.gpu_node_selector, settings.gpu_toleration_key).pod_spec_config
     assert pod_spec["node_selector"] == {selector_key: selector_value}
     assert [t["key"] for t in pod_spec["tolerations"]] == [settings.gpu_toleration_key]
     # Empty nodes go (no minimum size exists in a NodePool), and the pool never outgrows what the planner plans for.
@@ -85,23 +88,38 @@ def test_the_gpu_node_pool_scales_to_zero_and_takes_exactly_the_tag_chunk_pods()
 
 # ---- IAM: each role gets exactly what its pods call, on exactly its buckets -------------------------------------
 
-POLICIES = {"pipeline": "pipeline-policy.json", "daemon": "daemon-policy.json", "api": "api-policy.json"}
+POLICIES = {
+    "pipeline": "pipeline-policy.json", "registry": "registry-policy.json", "daemon": "daemon-policy.json",
+    "api": "api-policy.json",
+}
+WAREHOUSE = "arn:aws:s3:::acme-tagging-warehouse"
+QUEUE = "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"
+DEAD_LETTER_QUEUE = "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events-dead-letter"
 
 # role -> (action, resource) pairs. Changing a policy means changing this table, in review.
 EXPECTED_GRANTS = {
+    # Run workers and tagging steps: read models, never write them; the warehouse's tables, never its api/ records.
     "pipeline": {
         ("s3:GetObject", "arn:aws:s3:::acme-customer-images/*"),
         ("s3:GetObject", "arn:aws:s3:::acme-tagging-manifests/incoming/*"),
         ("s3:GetObject", "arn:aws:s3:::acme-tagging-models/*"),
-        ("s3:PutObject", "arn:aws:s3:::acme-tagging-models/*"),
-        ("s3:GetObject", "arn:aws:s3:::acme-tagging-warehouse/*"),
-        ("s3:PutObject", "arn:aws:s3:::acme-tagging-warehouse/*"),
+        ("s3:GetObject", f"{WAREHOUSE}/batches/*"),
+        ("s3:GetObject", f"{WAREHOUSE}/canary/*"),
+        *{(a, f"{WAREHOUSE}/{p}/*") for a in ("s3:GetObject", "s3:PutObject") for p in ("assets", "chunks", "reuse", "dagster")},
         ("s3:GetObject", "arn:aws:s3:::acme-tagging-output/*"),
         ("s3:PutObject", "arn:aws:s3:::acme-tagging-output/*"),
         ("s3:DeleteObject", "arn:aws:s3:::acme-tagging-output/*"),
         ("s3:ListBucket", "arn:aws:s3:::acme-tagging-models"),
         ("s3:ListBucket", "arn:aws:s3:::acme-tagging-warehouse"),
         ("s3:ListBucket", "arn:aws:s3:::acme-tagging-output"),
+    },
+    # The publish_model step (tagger_model): the only pod that writes the model bucket.
+    "registry": {
+        ("s3:GetObject", "arn:aws:s3:::acme-tagging-models/*"),
+        ("s3:PutObject", "arn:aws:s3:::acme-tagging-models/*"),
+        ("s3:ListBucket", "arn:aws:s3:::acme-tagging-models"),
+        ("s3:ListBucket", WAREHOUSE),
+        *{(a, f"{WAREHOUSE}/{p}/*") for a in ("s3:GetObject", "s3:PutObject") for p in ("assets", "dagster")},
     },
     "daemon": {
         ("s3:ListBucket", "arn:aws:s3:::acme-tagging-manifests"),
@@ -111,12 +129,11 @@ EXPECTED_GRANTS = {
         ("s3:GetObject", "arn:aws:s3:::acme-tagging-warehouse/batches/*"),
         ("s3:PutObject", "arn:aws:s3:::acme-tagging-warehouse/batches/*"),
         ("s3:PutObject", "arn:aws:s3:::acme-tagging-warehouse/canary/*"),  # the canary schedule's photographs
-        ("sqs:GetQueueUrl", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
-        ("sqs:GetQueueAttributes", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
-        ("sqs:ReceiveMessage", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
-        ("sqs:DeleteMessage", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events"),
-        ("sqs:GetQueueUrl", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events-dead-letter"),
-        ("sqs:SendMessage", "arn:aws:sqs:us-east-1:ACCOUNT_ID:manifest-events-dead-letter"),
+        # Both queues found by name; the dead-letter queue's depth read (tagging_platform/events.py).
+        *{(a, q) for a in ("sqs:GetQueueUrl", "sqs:GetQueueAttributes") for q in (QUEUE, DEAD_LETTER_QUEUE)},
+        ("sqs:ReceiveMessage", QUEUE),
+        ("sqs:DeleteMessage", QUEUE),
+        ("sqs:SendMessage", DEAD_LETTER_QUEUE),  # a malformed record copied there
     },
     "api": {
         ("s3:GetObject", "arn:aws:s3:::acme-customer-images/*"),
@@ -251,7 +268,7 @@ def test_the_dagster_ui_is_only_reachable_through_the_authenticating_proxy():
     webserver = values["dagsterWebserver"]
     assert webserver["service"]["type"] == "ClusterIP"
     assert not values.get("ingress", {}).get("enabled", False)
-    ingresses = [d for _, d in manifests() if d["kind"] == "Ingress"]
+    ingresses = [d for _, d in manifests() if d["kind"] == "Ingress" and d["metadata"]["name"] == "dagster-ui"]
     backends = {p["backend"]["service"]["name"] for i in ingresses for r in i["spec"]["rules"] for p in r["http"]["paths"]}
     assert backends == {"dagster-ui-auth-proxy"}
     [proxy] = [d for _, d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "dagster-ui-auth-proxy"]

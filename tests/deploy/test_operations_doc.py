@@ -41,3 +41,38 @@ def test_the_sizing_table_is_the_planners_under_the_shipped_settings():
         "docs/operations.md's sizing table is stale: put `tagging-platform plan --sizing` (shipped settings) "
         f"between its markers:\n{fresh}"
     )
+
+
+STEP = re.compile(r"\*\*([BTKO]\d+)\*\*")
+PROTOCOL_PORT = re.compile(r"\b(?:HTTPS|HTTP|gRPC|PostgreSQL):\d+")
+
+
+def numbered_edges(dot: str) -> dict[str, set[str]]:
+    """Step id -> the protocol:port pairs on the diagram's edges labelled with it."""
+    edges: dict[str, set[str]] = {}
+    for label in re.findall(r'->\s*\w+\s*\[label="([^"]+)"', dot):
+        step, _, rest = label.partition(" ")
+        assert re.fullmatch(r"[BTKO]\d+", step), f"an edge without a step number: {label!r}"
+        edges.setdefault(step, set()).update(PROTOCOL_PORT.findall(rest))
+    return edges
+
+
+def guide_steps(guide: str) -> dict[str, str]:
+    """Step id -> the text of the list item where the guide first names it in bold."""
+    steps = {}
+    for match in STEP.finditer(guide):
+        if match.group(1) not in steps:
+            end = re.search(r"\n\s*(?:\d+\.|-) |\n\n", guide[match.end():])
+            steps[match.group(1)] = guide[match.start(): match.end() + (end.start() if end else len(guide))]
+    return steps
+
+
+def test_the_diagrams_numbered_edges_are_the_guides_numbered_steps_with_the_same_protocols_and_ports():
+    edges = numbered_edges((DOCS / "architecture.dot").read_text())
+    steps = guide_steps((DOCS / "operations.md").read_text())
+    assert set(edges) == set(steps), f"only on the diagram: {set(edges) - set(steps)}, only in the guide: {set(steps) - set(edges)}"
+    assert {"B1", "B8", "T1", "T4", "K1", "K2", "K3"} <= set(steps)
+    for step, pairs in edges.items():
+        missing = {p for p in pairs if p not in steps[step]}
+        assert not missing, f"step {step}: the diagram says {missing}, the guide's step does not"
+    assert numbered_edges('a -> b [label="B9 HTTP:1 x"];') == {"B9": {"HTTP:1"}}

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_platform.engine import ChunkStats
 from tagging_platform.embedded import free_port
-from tagging_platform.metrics import CANARY_JOB, EVENTS_JOB, chunk_pusher, push_bad_event_records, push_canary
+from tagging_platform.metrics import CANARY_JOB, EVENTS_JOB, chunk_pusher, delete_chunks, push_bad_event_records, push_canary
 
 
 def scrape(gateway: str, batch: str = "", job: str = "") -> dict[tuple[str, tuple], float]:
@@ -35,6 +35,16 @@ def test_a_chunk_pushes_its_progress_then_its_totals(pushgateway):
     assert done[("tagging_model_load_seconds", labels)] == 1.5
     assert done[("tagging_chunk_stage_seconds", tuple(sorted((*labels, ("stage", "inference")))))] == 4.0
     assert done[("tagging_chunk_done", labels)] == 1
+
+
+def test_a_merged_batchs_chunk_groups_are_deleted_and_other_batches_kept(pushgateway):
+    for batch in ("batch-merged", "batch-running"):
+        for chunk in (0, 1):
+            chunk_pusher(pushgateway, batch, chunk, "mobilenet_v2", "sha256:abc")(ChunkStats(images=2, tagged=2), done=True)
+    assert {dict(key)["chunk"] for _, key in scrape(pushgateway, "batch-merged")} == {"0", "1"}
+    delete_chunks(pushgateway, "batch-merged", [0, 1])
+    assert scrape(pushgateway, "batch-merged") == {}
+    assert {dict(key)["chunk"] for _, key in scrape(pushgateway, "batch-running")} == {"0", "1"}
 
 
 def test_a_gateway_that_is_down_never_fails_the_chunk(caplog):

@@ -73,3 +73,33 @@ def test_the_command_prints_the_key_once(embedded_s3, settings, store):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert again.returncode == 2 and "--rotate" in again.stderr
+
+
+def test_a_revoked_key_gets_401_and_the_customer_keeps_its_record(api, s3, settings, api_settings):
+    import time
+
+    import requests
+
+    from tagging_platform.api.keys import CACHE_S
+
+    key, _ = CustomerStore(s3, api_settings).create("revoked-co", rotate=True)
+    status = lambda: requests.get(f"{api.url}/v1/batches", headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code  # noqa: E731
+    assert status() == 200  # the server now holds the record in its cache
+    revoked = subprocess.run(
+        [sys.executable, "-m", "tagging_platform.cli", "api-key", "revoke", "revoked-co"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    deadline = time.monotonic() + CACHE_S + 5
+    while status() != 401:
+        assert time.monotonic() < deadline, f"the revoked key still works after {CACHE_S + 5:.0f} s"
+        time.sleep(0.5)
+    record = json.loads(s3.get_object(Bucket=settings.warehouse_bucket, Key="api/customers/revoked-co/customer.json")["Body"].read())
+    assert record["key_sha256"] is None and record["key_revoked_at"]
+    assert CustomerStore(s3, api_settings).create("revoked-co", rotate=True)[1].name == "revoked-co"  # a new key later
+    unknown = subprocess.run(
+        [sys.executable, "-m", "tagging_platform.cli", "api-key", "revoke", "nobody-here"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert unknown.returncode == 2 and "no customer 'nobody-here'" in unknown.stderr
+
