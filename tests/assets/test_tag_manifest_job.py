@@ -30,7 +30,8 @@ def batch(s3, settings, photographs, upload_images):
     uris = upload_images({**photographs, "corrupt.jpg": photographs["coffee.jpg"][:5000]})
     uris.append(uris[0].rsplit("/", 1)[0] + "/missing.jpg")
     partition = f"job-{uuid.uuid4().hex[:6]}"
-    record_manifest(s3, settings, partition, {"images": uris, "output": "s3://tags/customer-a/"})
+    # reuse off: this test is about tagging, and earlier tests of the session tagged the same photographs.
+    record_manifest(s3, settings, partition, {"images": uris, "output": "s3://tags/customer-a/", "reuse": False})
     return partition, uris
 
 
@@ -74,9 +75,9 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
         for sample in family.samples
         if sample.labels.get("batch") == partition
     ]
-    assert sum(v for n, labels, v in pushed if n == "tagging_chunk_images" and labels["status"] == "ok") == marker["tagged"]
-    assert sum(v for n, labels, v in pushed if n == "tagging_chunk_images" and labels["status"] == "error") == marker["errors"]
-    assert sorted(labels["chunk"] for n, labels, v in pushed if n == "tagging_chunk_done" and v == 1) == ["0", "1", "2"]
+    # Each chunk pushed its figures while it ran (tests/tagging_platform/test_metrics.py); the merge then deleted
+    # the batch's per-chunk groups, so the Pushgateway does not keep one group per chunk of every batch forever.
+    assert pushed == []
     lineage = by_name["chelsea.jpg"]
     assert lineage["manifest"].endswith(f"{partition}.json") and lineage["run_id"] == result.run_id
     assert lineage["model"]["version"].startswith("sha256:") and lineage["etag"]
