@@ -533,16 +533,8 @@ def _sagemaker_prefix(prefix: str) -> str:
     Only what would spoil every image is refused here, naming the prefix; the URIs it makes are
     checked one by one like any other image URI.
     """
-    what = 'the "prefix" element'
-    try:
-        _, key = split_uri(prefix)
-    except S3UriError as exc:
-        raise ManifestError(f"{what}: {exc}") from None
     # Only a whole "." or ".." segment, one that a "/" ends: "s3://b/a." + "x.jpg" is a plain name.
-    if _BAD_KEY_CHAR.search(key) or _WHOLE_DOT_SEGMENT.search("/" + key):
-        raise ManifestError(f"{what}: {_key_problem(prefix, key)}")
-    if len(key) > _SHORT_URI and len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise ManifestError(f"{what}: {_show(prefix)}: the key is longer than S3's limit of {MAX_KEY_BYTES} bytes")
+    _checked_location(prefix, 'the "prefix" element', _WHOLE_DOT_SEGMENT)
     return prefix
 
 
@@ -666,15 +658,21 @@ def _optional_string(obj: dict, name: str) -> str | None:
 
 def _location(value: str, what: str) -> str:
     """An s3:// bucket with an optional prefix, normalised to end with "/"."""
+    bucket, key = _checked_location(value, what, _DOT_SEGMENT)
+    return f"s3://{bucket}/{key}" if not key or key.endswith("/") else f"s3://{bucket}/{key}/"
+
+
+def _checked_location(value: str, what: str, dot_segment: re.Pattern) -> tuple[str, str]:
+    """(bucket, key) of an s3:// location, or the ManifestError naming `what` and its problem."""
     try:
         bucket, key = split_uri(value)
     except S3UriError as exc:
         raise ManifestError(f"{what}: {exc}") from None
-    if _BAD_KEY_CHAR.search(key) or _DOT_SEGMENT.search("/" + key):
+    if _BAD_KEY_CHAR.search(key) or dot_segment.search("/" + key):
         raise ManifestError(f"{what}: {_key_problem(value, key)}")
     if len(key) > _SHORT_URI and len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise ManifestError(f"{what}: {_show(value)}: the key is longer than S3's limit of {MAX_KEY_BYTES} bytes")
-    return f"s3://{bucket}/{key}" if not key or key.endswith("/") else f"s3://{bucket}/{key}/"
+    return bucket, key
 
 
 def _image_problem(uri: str) -> str:
