@@ -1,4 +1,8 @@
-"""`tagging-platform`: run the demo or a dev deployment, submit manifests, register models, plan, query."""
+"""`tagging-platform`: run the demo or a dev deployment, submit manifests, register models, plan, query.
+
+Each subcommand is one `_add_*` function that declares its arguments and names its handler with
+`set_defaults(func=...)`; `main` parses and calls that handler, nothing else.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +17,47 @@ import sys
 import time
 from pathlib import Path
 
-from tagging_platform import models, photos, planning, publishing, taxonomy, tuning
-from tagging_platform.s3 import make_client, read_bytes, split_uri
-from tagging_platform import layout
+from tagging_platform import layout, models, photos, planning, publishing, taxonomy, tuning
 from tagging_platform.manifests import partition_key_for
+from tagging_platform.s3 import make_client, read_bytes, split_uri
 from tagging_platform.settings import EMBEDDED_S3_PORT, Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tagging-platform", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagging-platform", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_demo, _add_dev, _add_submit, _add_plan, _add_query, _add_model, _add_retag, _add_compare,
+        _add_api, _add_status, _add_api_key,
+    ):  # fmt: skip
+        add(commands)
+    return parser
+
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="tag a batch of real photographs end to end through the sensor")
     demo.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
     demo.add_argument("--variants", type=int, default=4, help="framings of each photograph (1 = originals only)")
     demo.add_argument("--timeout", type=float, default=900)
+    demo.set_defaults(func=run_demo)
 
+
+def _add_dev(commands) -> None:
     dev = commands.add_parser("dev", help="embedded S3 + dagster dev, until interrupted")
     dev.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--s3-port", type=int, default=EMBEDDED_S3_PORT)
+    dev.set_defaults(func=run_dev)
 
+
+def _add_submit(commands) -> None:
     submit = commands.add_parser("submit", help="upload a folder of images (or a manifest file) as a new batch")
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("source", type=Path, nargs="?", help="a folder of images, or a manifest file")
@@ -43,9 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--variants", type=int, default=4, help="with --photos: framings of each photograph")
     submit.add_argument("--name", help="the batch name (default: the folder or file name)")
     submit.add_argument("--model", help="model name or name@version")
+    submit.set_defaults(func=run_submit)
 
+
+# The `plan` options that default to a TP_* setting when not given.
+PLAN_SETTINGS = ("ms_per_image", "startup_s", "max_gpus", "deadline_min", "gpu_hour_usd", "max_chunk_images")
+
+
+def _add_plan(commands) -> None:
     plan = commands.add_parser(
-        "plan", help="print the chunk plan for a workload; every number not given comes from the deployment's TP_* settings"
+        "plan",
+        help="print the chunk plan for a workload; every number not given comes from the deployment's TP_* settings",
     )
     plan.add_argument("--images", type=int)
     plan.add_argument("--ms-per-image", type=float, help="default: TP_MS_PER_IMAGE")
@@ -57,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpus-held", type=int, default=0, help="GPUs running batches already hold")
     plan.add_argument("--sizing", action="store_true", help="docs/operations.md's sizing table under these settings")
     plan.add_argument("--json", action="store_true")
-    plan.add_argument("--tradeoff", type=float, nargs="+", metavar="DEADLINE_MIN", help="a table: one plan per deadline")
+    plan.add_argument(
+        "--tradeoff", type=float, nargs="+", metavar="DEADLINE_MIN", help="a table: one plan per deadline"
+    )
+    plan.set_defaults(func=run_plan)
 
+
+def _add_query(commands) -> None:
     query = commands.add_parser(
         "query",
         help="SQL over the tag tables: views `tags` (per image), `tag_labels` (per tag), `tag_parents` (per parent)",
@@ -67,9 +102,22 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--manifest", action="append", help="only this batch (repeatable); default: all")
     query.add_argument("--model", help="only tags from this model, NAME or NAME@VERSION")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.set_defaults(func=run_query)
 
+
+def _add_model(commands) -> None:
     model = commands.add_parser("model", help="the model registry: register a model, list models")
     model_commands = model.add_subparsers(dest="model_command", required=True)
+    _add_model_register(model_commands)
+    model_commands.add_parser("list", help="every registered model's latest version").set_defaults(func=run_model_list)
+    promote = model_commands.add_parser(
+        "promote", help="make a registered version the model's latest (a rollback promotes the older version)"
+    )
+    promote.add_argument("model", metavar="NAME@VERSION", help="a registered version (a prefix of its hash will do)")
+    promote.set_defaults(func=run_model_promote)
+
+
+def _add_model_register(model_commands) -> None:
     register = model_commands.add_parser(
         "register", help="register a model version (the model registry sensor then materializes tagger_model)"
     )
@@ -89,74 +137,93 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--memory", default="8Gi", help="memory a step needs, as Kubernetes writes it")
     register.add_argument("--batch-size", type=int, default=32)
     register.add_argument("--description", default="")
-    model_commands.add_parser("list", help="every registered model's latest version")
-    promote = model_commands.add_parser(
-        "promote", help="make a registered version the model's latest (a rollback promotes the older version)"
-    )
-    promote.add_argument("model", metavar="NAME@VERSION", help="a registered version (a prefix of its hash will do)")
+    register.set_defaults(func=run_model_register)
 
+
+def _add_retag(commands) -> None:
     retag = commands.add_parser(
         "retag", help="re-tag the batches an older version of a model tagged: the estimate, then one backfill of them"
     )
-    retag.add_argument("--model", required=True, metavar="NAME[@VERSION]",
-                       help="re-tag with NAME's latest version; @VERSION (a prefix will do) keeps only batches that version tagged")
+    retag.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME[@VERSION]",
+        help="re-tag with NAME's latest version; @VERSION (a prefix will do) keeps only batches that version tagged",
+    )
     retag.add_argument("--manifest", action="append", help="only this batch (repeatable); default: every stale batch")
     retag.add_argument("--dry-run", action="store_true", help="print the estimate and launch nothing")
     retag.add_argument("--dagster-url", help="the Dagster webserver (default: TP_DAGSTER_URL)")
+    retag.set_defaults(func=run_retag)
 
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser(
-        "compare", help="batches re-tagged by a new model version against the version they replaced (tag_quality_history)"
+        "compare",
+        help="batches re-tagged by a new model version against the version they replaced (tag_quality_history)",
     )
     compare.add_argument("--manifest", action="append", help="only this batch (repeatable)")
+    compare.set_defaults(func=run_compare)
 
+
+def _add_api(commands) -> None:
     api = commands.add_parser("api", help="the customers' HTTP API (FastAPI; OpenAPI docs at /docs)")
     api.add_argument("--host", help="default: TP_API_HOST (127.0.0.1)")
     api.add_argument("--port", type=int, help="default: TP_API_PORT (8080)")
-    api.add_argument("--dev", action="store_true", help="also start the embedded S3 server and dagster dev (`make api`)")
+    api.add_argument(
+        "--dev", action="store_true", help="also start the embedded S3 server and dagster dev (`make api`)"
+    )
     api.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
     api.add_argument("--s3-port", type=int, default=EMBEDDED_S3_PORT)
     api.add_argument("--dagster-port", type=int, default=3000)
+    api.set_defaults(func=run_api)
+
+
+def _add_status(commands) -> None:
     status = commands.add_parser(
         "status", help="a batch's state, progress, counts and checks, over the HTTP API with your key (TP_API_KEY)"
     )
     status.add_argument("batch_id")
     status.add_argument("--api-url", help="default: TP_API_PUBLIC_URL, else http://TP_API_HOST:TP_API_PORT")
+    status.set_defaults(func=run_status)
+
+
+def _add_api_key(commands) -> None:
     api_key = commands.add_parser("api-key", help="API keys: one per customer, stored hashed")
     api_key.add_argument("action", choices=["create", "revoke"], help="revoke: the customer's key stops working")
     api_key.add_argument("customer", help="lowercase letters, digits and '-'")
     api_key.add_argument("--output-prefix", action="append", default=[], help="s3://bucket/prefix/ (repeatable)")
     images = api_key.add_mutually_exclusive_group()
     images.add_argument(
-        "--image-prefix", action="append", default=[],
+        "--image-prefix",
+        action="append",
+        default=[],
         help="where its images and manifests may come from (repeatable); default: s3://<images bucket>/<customer>/",
     )
     images.add_argument(
-        "--all-images", action="store_true",
+        "--all-images",
+        action="store_true",
         help="let it read every allowed image location of the deployment (other customers' images too)",
     )
     api_key.add_argument("--rotate", action="store_true", help="replace the customer's existing key")
-
-    args = parser.parse_args(argv)
-    commands_by_name = {
-        "demo": run_demo, "dev": run_dev, "submit": run_submit, "plan": run_plan, "query": run_query, "model": run_model,
-        "api": run_api, "api-key": run_api, "status": run_status, "retag": run_retag,
-        "compare": run_compare,
-    }
-    return commands_by_name[args.command](args)
+    api_key.set_defaults(func=run_api_key)
 
 
 def run_api(args) -> int:
     from tagging_platform.api import serve
 
-    if args.command == "api-key" and args.action == "revoke":
-        return serve.revoke_key(args.customer)
-    if args.command == "api-key":
-        return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate, args.all_images)
     if args.dev:
         settings = Settings.from_env()
         host, port = args.host or settings.api_host, args.port or settings.api_port
         return serve.run_dev(args.workspace, host, port, args.s3_port, args.dagster_port)
     return serve.serve(Settings.from_env(), args.host, args.port)
+
+
+def run_api_key(args) -> int:
+    from tagging_platform.api import serve
+
+    if args.action == "revoke":
+        return serve.revoke_key(args.customer)
+    return serve.create_key(args.customer, args.output_prefix, args.image_prefix, args.rotate, args.all_images)
 
 
 def run_status(args) -> int:
@@ -211,28 +278,36 @@ def run_query(args) -> int:
     return 0
 
 
-def run_model(args) -> int:
+def run_model_promote(args) -> int:
+    settings = Settings.from_env()
+    try:
+        previous, ref = models.promote_model(make_client(settings), settings.model_bucket, args.model)
+    except models.ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{ref.name}: latest is now {ref.version} (was {previous.version if previous else 'none'})")
+    print(
+        "the model registry sensor re-materializes tagger_model; `tagging-platform retag --model "
+        f"{ref.name} --dry-run` lists the batches tagged by another version"
+    )
+    return 0
+
+
+def run_model_list(args) -> int:
+    settings = Settings.from_env()
+    for card in models.list_models(make_client(settings), settings.model_bucket):
+        profile = card.get("profile", {})
+        print(
+            f"{card['name']:<24} {card['version'][:23]}  {card['kind']:<17} {card['num_classes']:>5} classes  "
+            f"{profile.get('accelerator', 'gpu')}  precision: {tuning.describe_gate(card)}  "
+            f"{card.get('description', '')[:60]}"
+        )
+    return 0
+
+
+def run_model_register(args) -> int:
     settings = Settings.from_env()
     client = make_client(settings)
-    if args.model_command == "promote":
-        try:
-            previous, ref = models.promote_model(client, settings.model_bucket, args.model)
-        except models.ModelError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"{ref.name}: latest is now {ref.version} (was {previous.version if previous else 'none'})")
-        print("the model registry sensor re-materializes tagger_model; `tagging-platform retag --model "
-              f"{ref.name} --dry-run` lists the batches tagged by another version")
-        return 0
-    if args.model_command == "list":
-        for card in models.list_models(client, settings.model_bucket):
-            profile = card.get("profile", {})
-            print(
-                f"{card['name']:<24} {card['version'][:23]}  {card['kind']:<17} {card['num_classes']:>5} classes  "
-                f"{profile.get('accelerator', 'gpu')}  precision: {tuning.describe_gate(card)}  "
-                f"{card.get('description', '')[:60]}"
-            )
-        return 0
     try:
         card, artifact = _card_to_register(args)
         models.check_network(card, artifact)
@@ -243,7 +318,7 @@ def run_model(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"registered {ref.name} {ref.version} in s3://{ref.bucket}/{card.prefix}")
-    print(f"manifests can now say \"model\": \"{ref.name}\" (or \"{ref.name}@{ref.short_version}\")")
+    print(f'manifests can now say "model": "{ref.name}" (or "{ref.name}@{ref.short_version}")')
     return 0
 
 
@@ -257,7 +332,10 @@ def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
             crop=args.crop or builtin.preprocessing.crop,
         )
         return dataclasses.replace(
-            builtin, name=args.name, profile=profile, description=args.description or builtin.description,
+            builtin,
+            name=args.name,
+            profile=profile,
+            description=args.description or builtin.description,
             preprocessing=preprocessing,
         ), artifact
     if args.labels is None:
@@ -265,7 +343,11 @@ def _card_to_register(args) -> tuple[models.ModelCard, bytes]:
     if args.weights and not args.architecture:
         raise ValueError("--weights needs --architecture (a torchvision model name)")
     text = args.labels.read_text()
-    labels = json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines() if line.strip()]
+    labels = (
+        json.loads(text)
+        if text.lstrip().startswith("[")
+        else [line.strip() for line in text.splitlines() if line.strip()]
+    )
     artifact = (args.torchscript or args.weights).read_bytes()
     card = models.ModelCard(
         name=args.name,
@@ -354,7 +436,7 @@ def run_plan(args) -> int:
         print("tagging-platform plan: --images N is required (or --sizing)", file=sys.stderr)
         return 2
     options = planning.planning_options(Settings.from_env())
-    given = {name: getattr(args, name) for name in ("ms_per_image", "startup_s", "max_gpus", "deadline_min", "gpu_hour_usd", "max_chunk_images")}
+    given = {name: getattr(args, name) for name in PLAN_SETTINGS}
     options.update({name: value for name, value in given.items() if value is not None})
     if args.tradeoff:
         options.pop("deadline_min")
@@ -365,7 +447,9 @@ def run_plan(args) -> int:
     return 0
 
 
-def upload_batch(client, settings: Settings, name: str, images: list[tuple[str, bytes]], model: str | None = None) -> str:
+def upload_batch(
+    client, settings: Settings, name: str, images: list[tuple[str, bytes]], model: str | None = None
+) -> str:
     """Upload images and a native manifest listing them; returns the manifest's key."""
     image_bucket = settings.allowed_image_prefixes[0].split("/")[0]
     image_prefix = settings.allowed_image_prefixes[0][len(image_bucket) + 1 :]
@@ -382,7 +466,6 @@ def upload_batch(client, settings: Settings, name: str, images: list[tuple[str, 
 
 
 def run_submit(args) -> int:
-
     settings = Settings.from_env()
     client = make_client(settings)
     source: Path | None = args.source
@@ -433,10 +516,17 @@ def run_demo(args) -> int:
     started = time.monotonic()
     # Small chunks so the demo shows the fan-out: several tag_chunk steps for one manifest. The canary's
     # schedule stays stopped: the demo shows one batch, and a canary run would compete with it for the CPU.
-    overrides = {"TP_MAX_CHUNK_IMAGES": "8", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2", "TP_CANARY_ENABLED": "0"}
+    overrides = {
+        "TP_MAX_CHUNK_IMAGES": "8",
+        "TP_MIN_CHUNK_IMAGES": "1",
+        "TP_SENSOR_INTERVAL_S": "2",
+        "TP_CANARY_ENABLED": "0",
+    }
     with LocalPlatform(args.workspace, settings_overrides=overrides) as platform:
         settings = platform.settings
-        print(f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})")
+        print(
+            f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})"
+        )
         images = photos.sample_set(variants_per_photo=args.variants)
         name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
         key = upload_batch(platform.s3(), settings, name, images)
@@ -473,8 +563,10 @@ def summarise(platform, run: dict, partition: str, expected: int, started: float
     _print_examples(client, marker)
     accounted = marker["tagged"] + marker["errors"] == expected == marker["images"]
     checks_ok = checks and all(c["success"] for c in checks)
-    verdict = "checks passed" if checks_ok else "checks: " + ", ".join(
-        f"{c['checkName']} failed" for c in checks if not c["success"]
+    verdict = (
+        "checks passed"
+        if checks_ok
+        else "checks: " + ", ".join(f"{c['checkName']} failed" for c in checks if not c["success"])
     )
     print(
         f"tagged {marker['tagged']}/{expected} images, {marker['objects']} tag objects published to {location}, {verdict}"
