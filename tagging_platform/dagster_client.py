@@ -1,12 +1,22 @@
-"""A small client of a running Dagster's GraphQL API: what the CLI and the API need to follow batches."""
+"""A small client of a running Dagster's GraphQL API: what the CLI and the API need to follow batches.
+
+Which library does what: `dagster_graphql.DagsterGraphQLClient` (dagster-graphql, pinned) offers job submission,
+a run's status by run id, code location reload/shutdown and run termination; none of the calls here is among
+them (runs filtered by tags, the newest run of a partition, a run's asset check and step failure events, data
+versions, stale status, partition backfills and their status). So every call is a raw query, sent through gql's
+`RequestsHTTPTransport`, the transport `DagsterGraphQLClient` itself is built on. Importing `dagster_graphql`
+would also load `dagster` into the API and the CLI, which have no Dagster imports.
+"""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from typing import Any
+
+import requests
+from gql import Client, gql
+from gql.transport.exceptions import TransportError, TransportQueryError, TransportServerError
+from gql.transport.requests import RequestsHTTPTransport
 
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -87,21 +97,16 @@ class DagsterClient:
         self.timeout_s = timeout_s
 
     def query(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
+        # A transport per call: a connected one holds its session and refuses a second thread (the API's).
+        transport = RequestsHTTPTransport(url=f"{self.url}/graphql", timeout=self.timeout_s)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise DagsterError(f"Dagster at {self.url} answered {exc.code}: {exc.read()[:2000]!r}") from exc
-        except (urllib.error.URLError, OSError) as exc:
+            return Client(transport=transport).execute(gql(query), variable_values=variables or {})
+        except TransportQueryError as exc:
+            raise DagsterError(f"Dagster answered with errors: {exc.errors}") from exc
+        except TransportServerError as exc:
+            raise DagsterError(f"Dagster at {self.url} answered {exc.code}: {str(exc)[:2000]}") from exc
+        except (TransportError, requests.RequestException, OSError) as exc:
             raise DagsterError(f"Dagster at {self.url} is unreachable: {exc}") from exc
-        if body.get("errors"):
-            raise DagsterError(f"Dagster answered with errors: {body['errors']}")
-        return body["data"]
 
     def is_up(self) -> bool:
         try:
