@@ -5,13 +5,13 @@ import dagster as dg
 from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
 from resources import build_resources
-from resources.k8s_executor import HARDENED_STEP_POD, k8s_step_executor
+from executors import HARDENED_STEP_POD, k8s_step_executor
 from sensors import build_canary_schedule, build_failed_run_sensor, build_manifest_sensor, build_model_registry_sensor
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
 def k8s_executor_config(settings: Settings) -> dict:
-    """The k8s executor's config: dagster-k8s's k8s_job_executor options plus ours (resources/k8s_executor.py)."""
+    """The k8s executor's config: dagster-k8s's k8s_job_executor options plus ours (executors.py)."""
     return {
         "max_concurrent": settings.max_gpus * 2,
         "env_vars": [f"{k}={v}" for k, v in PROCESS_ENV.items()],
@@ -25,7 +25,7 @@ def k8s_executor_config(settings: Settings) -> dict:
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     if settings.deployment == "k8s":
         # The image, namespace and service account come from the K8sRunLauncher on the instance.
-        # dagster-k8s's k8s_job_executor, plus failing a step whose pod stays unschedulable (resources/k8s_executor.py).
+        # dagster-k8s's k8s_job_executor, plus failing a step whose pod stays unschedulable (executors.py).
         return k8s_step_executor.configured(k8s_executor_config(settings))
     # Each step process forks from a server that has imported the definitions once, instead of importing
     # dagster, pandas, pyarrow, boto3 and the platform again for every step.

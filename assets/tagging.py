@@ -15,7 +15,7 @@ from tagging_platform.models import ModelRef
 from tagging_platform.planning import plan_for
 
 # On Kubernetes each tag_chunk step is a pod asking for one GPU; the k8s executor places it on the GPU pool named by
-# TP_GPU_NODE_SELECTOR / TP_GPU_TOLERATION_KEY (resources/k8s_executor.py). Other executors ignore these tags.
+# TP_GPU_NODE_SELECTOR / TP_GPU_TOLERATION_KEY (executors.py). Other executors ignore these tags.
 GPU_STEP_TAGS = {
     "dagster-k8s/config": {
         "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},

@@ -70,7 +70,7 @@ def test_a_second_manifest_reuses_every_overlapping_image_and_reuse_false_tags_a
     assert [(m["images"].value, m["tagged_this_attempt"].value) for m in chunk_outputs] == [(2, 2)]
     assert _planned(second_run)["reused"].value == 3
     # The k8s executor's limit for the run's tag_chunk pods comes from this plan: node start-up, one wave.
-    from resources.k8s_executor import planned_unschedulable_timeout
+    from executors import planned_unschedulable_timeout
 
     plan = _planned(second_run)["plan"].value
     assert planned_unschedulable_timeout(registered_instance, second_run.run_id) == plan["unschedulable_timeout_s"]

@@ -19,7 +19,7 @@ import yaml
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
 
 from assets.tagging import GPU_STEP_TAGS
-from resources.k8s_executor import HARDENED_STEP_POD, placed_on_gpu_pool
+from executors import HARDENED_STEP_POD, placed_on_gpu_pool
 from tagging_platform.settings import Settings
 from tests.conftest import REPO
 

@@ -23,7 +23,7 @@ from kubernetes.client import ApiClient
 
 from assets.model import REGISTRY_SERVICE_ACCOUNT
 from assets.tagging import GPU_STEP_TAGS
-from resources.k8s_executor import HARDENED_STEP_POD, placed_on_gpu_pool
+from executors import HARDENED_STEP_POD, placed_on_gpu_pool
 from tagging_platform.settings import PROCESS_ENV, Settings
 from tests.conftest import REPO
 from tests.deploy.test_deploy import DEPLOY, POLICIES, docs_of, grants, manifests, settings_configmap
@@ -250,7 +250,7 @@ def test_every_prometheus_scrape_job_keeps_the_objects_it_is_for():
 
 # ---- The run workers' Role: exactly what the code calls --------------------------------------------------------
 
-# The run worker's step handler calls (dagster-k8s's K8sStepHandler and ours, resources/k8s_executor.py); owner
+# The run worker's step handler calls (dagster-k8s's K8sStepHandler and ours, executors.py); owner
 # references are off (the executor's default), so the handler never reads its own pod.
 STEP_HANDLER_METHODS = ("launch_step", "check_step_health", "terminate_step")
 _VERBS = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch", "replace": "update"}
@@ -275,7 +275,7 @@ def kubernetes_calls_of_the_run_worker() -> set[tuple[str, str, str]]:
     from dagster_k8s.client import DagsterKubernetesClient
     from dagster_k8s.executor import K8sStepHandler
 
-    from resources.k8s_executor import SchedulingAwareK8sStepHandler
+    from executors import SchedulingAwareK8sStepHandler
 
     pending = set()
     for handler in (K8sStepHandler, SchedulingAwareK8sStepHandler):

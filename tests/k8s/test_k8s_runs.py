@@ -111,7 +111,7 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
             assert any(t.key == GPU and t.effect == "NoSchedule" for t in pod_spec.tolerations)
         else:
             assert GPU not in limits and not pod_spec.node_selector
-        # Every step pod is hardened (resources/k8s_executor.py): non-root, read-only root, no API token.
+        # Every step pod is hardened (executors.py): non-root, read-only root, no API token.
         assert pod_spec.security_context.run_as_non_root and pod_spec.automount_service_account_token is False
         assert pod_spec.containers[0].security_context.read_only_root_filesystem
     assert len(gpu_jobs) == len(chunk_keys) + len(retried)

@@ -1,4 +1,4 @@
-"""The k8s deployment's executor: dagster-k8s's `k8s_job_executor` (one Job per step) that also gives up on a
+"""The k8s deployment's executor (beside definitions.py, which composes it): dagster-k8s's `k8s_job_executor` (one Job per step) that also gives up on a
 step pod the cluster cannot schedule.
 
 A step pod that can never be placed (no node with enough GPUs, the GPU pool cordoned or at its quota) stays
@@ -18,14 +18,26 @@ has already resolved the model.
 
 import datetime as dt
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, Field, IntSource
-from dagster._core.definitions.executor_definition import executor, multiple_process_executor_requirements
-from dagster._core.events import DagsterEvent
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEvent,
+    DagsterEventType,
+    Field,
+    InitExecutorContext,
+    IntSource,
+    executor,
+    multiple_process_executor_requirements,
+)
+
+# Not public (dagster-k8s's executor is built on them and offers no hook for a step's health check or a pod's
+# placement): StepFailureData, CheckStepHealthResult, StepDelegatingExecutor, K8sContainerContext, K8sStepHandler,
+# UserDefinedDagsterK8sConfig. tests/test_executors.py names whichever the pinned dagster or dagster-k8s changes.
 from dagster._core.execution.plan.objects import StepFailureData
-from dagster._core.executor.init import InitExecutorContext
 from dagster._core.executor.step_delegating import CheckStepHealthResult, StepDelegatingExecutor
+from dagster_k8s import k8s_job_executor
 from dagster_k8s.container_context import K8sContainerContext
-from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA, K8sStepHandler, k8s_job_executor
+from dagster_k8s.executor import K8sStepHandler
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
 
 UNSCHEDULABLE = "Step pod unschedulable"
@@ -124,7 +136,7 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
         job_name = self._get_k8s_step_job_name(step_handler_context)
         namespace = self._get_container_context(step_handler_context).namespace
         pods = self._api_client.core_api.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         for pod in pods:
             if pod.status.phase != "Pending" or pod.spec.node_name:
                 continue
@@ -173,7 +185,7 @@ class _Executor(StepDelegatingExecutor):
 @executor(
     name="k8s",
     config_schema={
-        **_K8S_EXECUTOR_CONFIG_SCHEMA,
+        **k8s_job_executor.config_schema.config_type.fields,
         "unschedulable_timeout_s": Field(IntSource, is_required=False, default_value=900),
         "step_health_check_interval_s": Field(IntSource, is_required=False, default_value=10),
         "gpu_node_selector": Field(str, is_required=False, default_value="tagging.platform/pool=gpu"),
@@ -195,13 +207,18 @@ def k8s_step_executor(init_context: InitExecutorContext):
         )
     )
     # Same objects, narrower classes: dagster-k8s builds them, we only add the two behaviours above.
+    handler = base._step_handler
+    if type(base) is not StepDelegatingExecutor or type(handler) is not K8sStepHandler:
+        raise TypeError(
+            f"dagster-k8s's k8s_job_executor built a {type(base).__name__} with a {type(handler).__name__}, not the"
+            " StepDelegatingExecutor with a K8sStepHandler that executors.k8s_step_executor narrows"
+        )
     base.__class__ = _Executor
-    base._check_step_health_interval_seconds = interval  # noqa: SLF001
-    handler = base._step_handler  # noqa: SLF001
+    base._check_step_health_interval_seconds = interval
     handler.__class__ = SchedulingAwareK8sStepHandler
     handler.unschedulable_timeout_s = float(timeout)
     handler.gpu_node_selector = gpu_node_selector
     handler.gpu_toleration_key = gpu_toleration_key
-    handler._profiles = {}  # noqa: SLF001 - partition -> the manifest's resource profile
-    handler._planned_limits = {}  # noqa: SLF001 - run id -> its tag_chunk pods' unschedulable limit
+    handler._profiles = {}  # partition -> the manifest's resource profile
+    handler._planned_limits = {}  # run id -> its tag_chunk pods' unschedulable limit
     return base
