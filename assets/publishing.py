@@ -1,6 +1,6 @@
 """The published_tags asset: one JSON object per image in the customer's output location, then a marker."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
@@ -49,7 +49,7 @@ def published_tags(
             max_labels=manifest.attrs.get("max_labels"),
             min_confidence=manifest.attrs.get("min_confidence"),
             job_name=f"tagging-platform/{context.partition_key}",
-            creation_date=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds"),
+            creation_date=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds"),
         ),
         lineage={
             "manifest": manifest.attrs["manifest"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,7 +139,7 @@ def _reuse_planning() -> dict:
 
 def _write_index(client, bucket: str) -> float:
     """The index objects an earlier batch's merge would have written, made columnar (record() goes row by row)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tag = [{"name": "tabby", "confidence": 0.9, "parents": ["cat", "animal"]}]
     index = pa.table(
         {
@@ -205,12 +205,17 @@ def render(results: dict) -> str:
         [
             f"machine: {results['machine']}",
             table("GPU economics with the shipped settings (10 ms/image, 300 s start-up, 8 GPUs, 60 min)", headers, rows),
-            f"3 x 1M together: {together['gpu_hours']} GPU-hours, ${together['cost_usd']}, last done after "
-            f"{together['last_done_min']} min, start-up {together['startup_share']:.1%}",
-            f"1M with 900k tagged before: planning {before['planning_s']} s (listing {before['listing_s_scaled_to_manifest']} s "
-            f"scaled from {before['listing']['images_listed']:,} images, lookup + split {before['lookup_and_split_s']} s, "
-            f"reused rows written {before['write_reused_rows_s']} s); GPU-hours {before['gpu_hours_share_of_first']:.1%} "
-            f"of the first (target <= {REUSE_TARGET:.0%})",
+            (
+                f"3 x 1M together: {together['gpu_hours']} GPU-hours, ${together['cost_usd']}, last done after "
+                f"{together['last_done_min']} min, start-up {together['startup_share']:.1%}"
+            ),
+            (
+                f"1M with 900k tagged before: planning {before['planning_s']} s"
+                f" (listing {before['listing_s_scaled_to_manifest']} s scaled from"
+                f" {before['listing']['images_listed']:,} images, lookup + split {before['lookup_and_split_s']} s,"
+                f" reused rows written {before['write_reused_rows_s']} s);"
+                f" GPU-hours {before['gpu_hours_share_of_first']:.1%} of the first (target <= {REUSE_TARGET:.0%})"
+            ),
         ]
     )
 

@@ -38,11 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     second_images = [(f"again-{i:05d}.jpg", pictures[i]) for i in range(overlap)]
     second_images += [(f"new-{i:05d}.jpg", pictures[args.images + i]) for i in range(fresh)]
     overrides = {"TP_SENSOR_INTERVAL_S": "1"}
-    with tempfile.TemporaryDirectory(prefix="bench-reuse-") as home:
-        with LocalPlatform(ROOT / "workspace.yaml", dagster_home=Path(home), settings_overrides=overrides) as platform:
-            _wait_for_registration(platform)
-            first = _run(platform, f"reuse-first-{uuid.uuid4().hex[:6]}", first_images)
-            second = _run(platform, f"reuse-overlap-{uuid.uuid4().hex[:6]}", second_images)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-reuse-") as home,
+        LocalPlatform(ROOT / "workspace.yaml", dagster_home=Path(home), settings_overrides=overrides) as platform,
+    ):
+        _wait_for_registration(platform)
+        first = _run(platform, f"reuse-first-{uuid.uuid4().hex[:6]}", first_images)
+        second = _run(platform, f"reuse-overlap-{uuid.uuid4().hex[:6]}", second_images)
     by_name, objects = first.pop("objects"), second.pop("objects")
     reused = sum(1 for obj in objects.values() if "reused_from" in obj)
     identical = all(

@@ -340,7 +340,7 @@ def _wait_for_quiet(limit_s: float) -> float:
 
 def _is_loopback(listener: str) -> bool:
     address = listener.split(" ")[0].rsplit(":", 1)[0]
-    return address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1") or address.startswith("::ffff:127.")
+    return address.startswith(("127.", "::ffff:127.")) or address in ("::1", "::ffff:127.0.0.1")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -528,7 +528,12 @@ def _engine_with(client, settings, ref, uris, rounds, keep_tags, tuned: dict) ->
         )
         stats: list[engine.ChunkStats] = []
         measured.append(
-            _timed(len(uris), lambda: stats.append(engine.run_chunk(client, settings.warehouse_bucket, spec, "bench", load)))
+            _timed(
+                len(uris),
+                lambda stats=stats, spec=spec: stats.append(
+                    engine.run_chunk(client, settings.warehouse_bucket, spec, "bench", load)
+                ),
+            )
         )
         measured[-1].update(stats=stats[0].as_dict(), spec=spec)
     best = max(measured, key=lambda r: r["ips"])
@@ -929,7 +934,7 @@ def render(results: dict) -> str:
     rows = [
         (
             name,
-            r["measured_images"] if "measured_images" in r else "-",
+            r.get("measured_images", "-"),
             r["ips"],
             r["wall_s"],
             r["peak_rss_mb"],

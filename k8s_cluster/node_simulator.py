@@ -38,7 +38,7 @@ log = logging.getLogger("node-simulator")
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PodProcess:
@@ -313,7 +313,7 @@ class NodeSimulator:
                 if error.status != 410:
                     log.warning("watch: %s", error)
                     time.sleep(1)
-            except Exception:  # noqa: BLE001 - a kubelet keeps going
+            except Exception:
                 log.exception("watch failed")
                 time.sleep(1)
 
@@ -331,7 +331,7 @@ class NodeSimulator:
 
 def serve_logs(simulator: NodeSimulator, port: int, cert: str, key: str) -> http.server.ThreadingHTTPServer:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server API
+        def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
             parts = url.path.strip("/").split("/")
             if len(parts) != 4 or parts[0] != "containerLogs":

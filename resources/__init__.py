@@ -28,4 +28,4 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
-__all__ = ["build_resources", "PlatformS3Resource", "PlatformSettings", "TaggerResource", "WarehouseIOManager"]
+__all__ = ["PlatformS3Resource", "PlatformSettings", "TaggerResource", "WarehouseIOManager", "build_resources"]

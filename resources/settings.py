@@ -8,7 +8,7 @@ from tagging_platform.settings import Settings
 class PlatformSettings(dg.ConfigurableResource):
     """The settings the definitions were built with, as TP_* variables (empty: the process environment)."""
 
-    values: dict[str, str] = {}
+    values: dict[str, str] = {}  # noqa: RUF012 - a pydantic field (the resource's config), copied per instance
 
     @property
     def settings(self) -> Settings:

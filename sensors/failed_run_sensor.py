@@ -1,7 +1,7 @@
 """A backstop for Dagster's automatic run retries: a failed batch run that nothing retried gets a new run."""
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -34,7 +34,7 @@ def build_failed_run_sensor(grace_s: float = GRACE_S) -> dg.SensorDefinition:
             filters=dg.RunsFilter(
                 job_name=tag_manifest_job.name,
                 statuses=[dg.DagsterRunStatus.FAILURE],
-                updated_after=datetime.fromtimestamp(now - LOOKBACK_S, timezone.utc),
+                updated_after=datetime.fromtimestamp(now - LOOKBACK_S, UTC),
             )
         )
         requests = []

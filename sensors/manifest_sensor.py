@@ -13,8 +13,8 @@ from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from sensors.model_registry_sensor import model_registered
 from tagging_platform import intake, metrics
-from tagging_platform.s3 import make_client
 from tagging_platform.events import ManifestQueue
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
 
 # A tick stops taking messages well before Dagster's 60 s limit on a sensor evaluation; what is

@@ -195,6 +195,6 @@ def _arn(sqs_client, url: str) -> str:
 
 def _epoch(event_time: str) -> float:
     try:
-        return datetime.fromisoformat(event_time.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(event_time).timestamp()
     except ValueError:
         return 0.0

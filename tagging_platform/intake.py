@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tagging_platform import layout
-from tagging_platform.s3 import read_bytes
 from tagging_platform.manifests import partition_key_for
+from tagging_platform.s3 import read_bytes
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".manifest.gz")
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 from tagging_platform.dagster_client import DagsterClient
 from tagging_platform.embedded import EmbeddedS3, free_port
@@ -137,7 +138,7 @@ class LocalPlatform:
         if self._s3:
             self._s3.stop()
 
-    def __enter__(self) -> LocalPlatform:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:

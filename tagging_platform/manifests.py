@@ -127,7 +127,7 @@ def parse_manifest(
     pieces = content.pieces()
     first = next(pieces, b"")
     # A byte-order mark is dropped as utf-8-sig drops it, and offsets in messages count from after it.
-    head = first[len(_BOM) :] if first.startswith(_BOM) else first
+    head = first.removeprefix(_BOM)
     if _starts_as_jsonl(head):
         return _jsonl(_text_pieces(head, pieces), source, rules)
     del head
@@ -169,7 +169,7 @@ def partition_key_for(manifest_key: str, prefix: str = "") -> str:
     readable stem and gains "-" and 8 hex digits of the key's SHA-256, which is what keeps
     "a b.json" apart from "a-b.json", and "a.jsonl" or "a.json.gz" apart from "a.json".
     """
-    stem = manifest_key[len(prefix) :] if manifest_key.startswith(prefix) else manifest_key
+    stem = manifest_key.removeprefix(prefix)
     stem = _COMPRESSION_EXTENSION.sub("", stem)
     stem = _MANIFEST_EXTENSION.sub("", stem)
     name = _UNSAFE_RUN.sub("-", stem).strip("-.")[:MAX_PARTITION_NAME].rstrip("-.")
@@ -692,7 +692,7 @@ def _key_problem(uri: str, key: str) -> str:
     """Why a key with a bad character or a "." or ".." segment is not acceptable."""
     bad = _BAD_KEY_CHAR.search(key)
     if bad:
-        what = "a backslash" if bad.group() == "\\" else f"the control or invalid character {ascii(bad.group())}"
+        what = "a backslash" if bad.group() == "\\" else f"the control or invalid character {bad.group()!a}"
         return f"{_show(uri)}: the key contains {what}"
     return f'{_show(uri)}: the key contains a "." or ".." path segment (literal or percent-encoded)'
 

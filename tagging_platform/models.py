@@ -366,7 +366,7 @@ def check_network(card: ModelCard, artifact: bytes) -> None:
             output = network(torch.zeros(1, 3, card.preprocessing.crop, card.preprocessing.crop))
     except ModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever torch says about a broken artifact, named for the user
+    except Exception as exc:
         raise ModelError(f"model {card.name}: the artifact does not load or run: {type(exc).__name__}: {exc}") from exc
     if tuple(output.shape) != (1, len(card.labels)):
         raise ModelError(

@@ -6,14 +6,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from tagging_platform import output_formats, tags
-from tagging_platform.s3 import list_folder, list_objects, read_bytes, split_uri
 from tagging_platform.models import ModelRef
+from tagging_platform.s3 import list_folder, list_objects, read_bytes, split_uri
 
 MARKER_NAME = "_COMPLETE.json"
 
@@ -64,7 +64,7 @@ def publish(
         "files": len(written),
         "parts": written if fmt != "objects" else [],
         "sha256": hashlib.sha256("".join(w["sha256"] for w in written).encode()).hexdigest(),
-        "completed_at": datetime.now(timezone.utc).isoformat(),
+        "completed_at": datetime.now(UTC).isoformat(),
         **lineage,
     }
     s3_client.put_object(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -64,7 +64,7 @@ def tag_metrics(table: pa.Table, *, low_confidence: float, top_n: int = 20) -> d
         "confidence_histogram": histogram,
         "top_tags": [{"name": n, "images": c} for n, c in tag_counts.most_common(top_n)],
         "error_reasons": dict(error_reasons.most_common()),
-        "computed_at": datetime.now(timezone.utc).isoformat(),
+        "computed_at": datetime.now(UTC).isoformat(),
     }
 
 

@@ -17,7 +17,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tagging_platform import models, photos
@@ -179,7 +179,7 @@ def store_choice(s3_client, ref: models.ModelRef, precision: str, identity: dict
         "batch_size": choice.batch_size,
         "memory_format": choice.memory_format,
         "rates": choice.rates,
-        "probed_at": datetime.now(timezone.utc).isoformat(),
+        "probed_at": datetime.now(UTC).isoformat(),
     }
     s3_client.put_object(
         Bucket=ref.bucket, Key=tuning_key(ref, precision, identity), Body=json.dumps(record, indent=2).encode()
@@ -234,7 +234,7 @@ def gate_record(reference: list[list[int]], candidate: list[list[int]], precisio
         "target": CONTAINMENT_TARGET,
         "passed": measured["top5_containment"] >= CONTAINMENT_TARGET,
         "calibration": f"{len(photos.PHOTOGRAPHS)} shipped photographs, {CALIBRATION_VARIANTS - 1} seeded crops of each",
-        "measured_at": datetime.now(timezone.utc).isoformat(),
+        "measured_at": datetime.now(UTC).isoformat(),
     }
 
 

@@ -13,7 +13,6 @@ from tagging_platform.s3 import arrow_filesystem
 from tagging_platform.settings import Settings
 from tagging_platform.tags import TAG_SCHEMA
 
-
 # One row per (image, tag): what most questions about tags are asked of.
 _TAG_LABELS_VIEW = """
 CREATE VIEW tag_labels AS

@@ -10,12 +10,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 import pytest
 import requests
 
 from tagging_platform.api.keys import CustomerStore
-from tagging_platform.dagster_client import DagsterClient
+from tagging_platform.dagster_client import DagsterClient, DagsterError
 from tagging_platform.embedded import free_port
 from tagging_platform.settings import Settings
 
@@ -43,7 +44,7 @@ class ApiServer:
         port = free_port()
         return cls(create_app(settings.replace(api_public_url=f"http://127.0.0.1:{port}")), port)
 
-    def __enter__(self) -> ApiServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -75,7 +76,7 @@ def dagster_webserver(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         DagsterClient(url).wait_until_up(120)
-    except Exception:
+    except DagsterError:
         process.kill()
         raise RuntimeError((home / "webserver.log").read_text()[-3000:]) from None
     yield url, home

@@ -101,7 +101,7 @@ def apt_install(*packages: str) -> None:
     subprocess.run(["apt-get", *wait_for_lock, "update", "-q"], check=True, capture_output=True)
     installed = subprocess.run(
         ["apt-get", *wait_for_lock, "install", "-y", "-q", *packages],
-        capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        check=False, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
     assert installed.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{installed.stderr[-2000:]}"
 
@@ -189,7 +189,7 @@ def postgres_server() -> str:
     if not connectable():
         if not shutil.which("pg_ctlcluster"):
             apt_install("postgresql")
-        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        version = max(os.listdir("/etc/postgresql"))
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
         deadline = time.monotonic() + 60
         while not connectable():

@@ -34,8 +34,8 @@ def test_every_requirement_of_pyproject_is_pinned_within_its_range():
 
 def test_the_makefile_installs_with_the_constraints_and_its_weights_as_pinned():
     makefile = (REPO / "Makefile").read_text()
-    installs = re.findall(r"^\t.*\bpip install\b.*$|^PIP_INSTALL :=.*$", makefile, re.M)
+    installs = re.findall(r"^\t.*\bpip install\b.*$|^PIP_INSTALL :=.*$", makefile, re.MULTILINE)
     assert installs and all("-c constraints.txt" in line or "$(PIP_INSTALL)" in line for line in installs), installs
-    weights = dict(re.findall(r"([\w\-]+)==(\S+)", re.search(r"^WEIGHTS := (.*)$", makefile, re.M)[1]))
+    weights = dict(re.findall(r"([\w\-]+)==(\S+)", re.search(r"^WEIGHTS := (.*)$", makefile, re.MULTILINE)[1]))
     pinned = pins()
     assert {canonicalize_name(k): v for k, v in weights.items()} == {canonicalize_name(k): pinned[canonicalize_name(k)] for k in weights}

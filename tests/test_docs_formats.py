@@ -5,7 +5,6 @@ import re
 
 from tagging_platform.manifests import parse_manifest
 from tagging_platform.output_formats import LINEAGE_KEY
-
 from tests.conftest import REPO
 from tests.tagging_platform.test_output_formats import assert_detect_labels_response, assert_ground_truth_manifest
 

@@ -8,7 +8,6 @@ from tagging_platform import photos
 from tagging_platform.cli import upload_batch
 from tagging_platform.local import LocalPlatform
 from tagging_platform.manifests import partition_key_for
-
 from tests.conftest import REPO, apt_install
 
 pytestmark = pytest.mark.e2e

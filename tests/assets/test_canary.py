@@ -5,7 +5,7 @@ import json
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,7 +14,6 @@ from definitions import build_definitions
 from tagging_platform import canary, publishing
 from tagging_platform.metrics import CANARY_JOB
 from tagging_platform.settings import Settings
-
 from tests.conftest import record_manifest
 
 CANARY_CHECK = dg.AssetCheckKey(dg.AssetKey("published_tags"), "canary_predictions_match")
@@ -29,7 +28,7 @@ def _canary_run_tags(definitions, instance) -> dict[str, str]:
     """What the schedule asks for at one of its ticks (the daemon launches a run with these tags)."""
     with dg.build_schedule_context(
         instance_ref=instance.get_ref(),
-        scheduled_execution_time=datetime.now(timezone.utc).replace(microsecond=0),
+        scheduled_execution_time=datetime.now(UTC).replace(microsecond=0),
         resources=dict(definitions.resources),
         repository_def=definitions.get_repository_def(),
     ) as context:

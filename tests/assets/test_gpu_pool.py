@@ -11,7 +11,6 @@ import yaml
 
 from tagging_platform.local import instance_yaml
 from tagging_platform.settings import Settings
-
 from tests.conftest import REPO, record_manifest
 
 MAX_GPUS = 2

@@ -10,7 +10,6 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from tagging_platform import cli, models
-
 from tests.conftest import record_manifest
 from tests.sensors.test_manifest_sensor import _tick
 

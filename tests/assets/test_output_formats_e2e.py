@@ -10,7 +10,6 @@ import dagster as dg
 from tagging_platform import warehouse
 from tagging_platform.output_formats import LINEAGE_KEY
 from tagging_platform.settings import Settings
-
 from tests.assets.test_tag_manifest_job import CAT_CLASSES, tag_manifest_job
 from tests.conftest import read_published
 from tests.sensors.test_manifest_sensor import _tick

@@ -6,7 +6,6 @@ import uuid
 import dagster as dg
 
 from tagging_platform import publishing
-
 from tests.conftest import record_manifest
 
 

@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_platform import tags
 from tagging_platform.settings import Settings
-
 from tests.conftest import read_published, record_manifest
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}

@@ -15,7 +15,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
 from dagster_k8s.job import UserDefinedDagsterK8sConfig
 
 from assets.tagging import GPU_STEP_TAGS
@@ -298,7 +297,7 @@ SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     "AWS secret access key": re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}\b"),
     "private key": re.compile(r"-----BEGIN (RSA |EC |OPENSSH )?PRIVATE KEY-----"),
-    "password in config": re.compile(r"(?i)^\s*[\w.]*password\s*[:=]\s*['\"]?(?!from-a-secret|\$|<|\{)[^\s'\"#]{6,}", re.M),
+    "password in config": re.compile(r"(?i)^\s*[\w.]*password\s*[:=]\s*['\"]?(?!from-a-secret|\$|<|\{)[^\s'\"#]{6,}", re.MULTILINE),
 }
 
 
@@ -325,9 +324,9 @@ def test_the_secret_scan_finds_a_planted_key(tmp_path):
 
 def test_the_image_runs_as_a_non_root_user_and_bakes_in_no_credentials():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1] not in {"0", "root"}
-    assert not re.search(r"(?i)^\s*(ENV|ARG)\b.*(SECRET|PASSWORD|TOKEN|AWS_ACCESS_KEY)", dockerfile, re.M)
+    assert not re.search(r"(?i)^\s*(ENV|ARG)\b.*(SECRET|PASSWORD|TOKEN|AWS_ACCESS_KEY)", dockerfile, re.MULTILINE)
     pyproject = (REPO / "pyproject.toml").read_text()
     assert '"torch==2.14.1"' in pyproject and "pip install ." in dockerfile  # the image gets the pinned CUDA-capable torch
 

@@ -428,12 +428,12 @@ def test_the_network_policies_allow_no_public_address_and_reach_sts_and_s3_throu
     assert blocks and all(ipaddress.ip_network(b).subnet_of(vpc) for b in blocks), blocks
     assert endpoint_subnet in blocks
     [created] = re.findall(r"for service in ([a-z0-9. ]+); do\s+aws ec2 create-vpc-endpoint .*?"
-                           r"--service-name com\.amazonaws\.us-east-1\.\$service", guide, re.S)
+                           r"--service-name com\.amazonaws\.us-east-1\.\$service", guide, re.DOTALL)
     assert {"s3", "sts", "sqs"} <= set(created.split()), f"the guide's interface endpoints: {created}"
 
 
 def test_the_image_has_one_immutable_tag_set_at_install_and_the_chart_is_pinned_to_dagsters_version():
-    api = [d for d in docs_of("api.yaml") if d["kind"] == "Deployment"][0]
+    api = next(d for d in docs_of("api.yaml") if d["kind"] == "Deployment")
     [container] = api["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "REGISTRY/tagging-platform:IMAGE_TAG"
     image = VALUES["dagster-user-deployments"]["deployments"][0]["image"]
@@ -455,7 +455,7 @@ def test_dagster_reaches_postgresql_over_tls_with_a_password_from_a_described_se
     guide = GUIDE.read_text()
     assert f"kubectl create secret generic {secret}" in guide and "--from-literal=postgresql-password=" in guide
     assert "kubectl create secret generic dagster-ui-auth-proxy" in guide
-    proxy = [d for d in docs_of("ui-auth-proxy.yaml") if d["kind"] == "Deployment"][0]
+    proxy = next(d for d in docs_of("ui-auth-proxy.yaml") if d["kind"] == "Deployment")
     keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in proxy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert all(f"--from-literal={k}=" in guide for k in keys)
 
@@ -492,9 +492,9 @@ def test_the_guide_says_where_each_built_in_model_runs_as_its_card_does():
 
 def test_the_dagster_webserver_service_name_is_the_one_the_api_and_proxy_use():
     # The chart names the webserver's Service after the release; both clients must use the same host.
-    api = [d for d in docs_of("api.yaml") if d["kind"] == "Deployment"][0]
+    api = next(d for d in docs_of("api.yaml") if d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
-    proxy = [d for d in docs_of("ui-auth-proxy.yaml") if d["kind"] == "Deployment"][0]
+    proxy = next(d for d in docs_of("ui-auth-proxy.yaml") if d["kind"] == "Deployment")
     upstream = next(a for a in proxy["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--upstream="))
     assert env["TP_DAGSTER_URL"] == upstream.removeprefix("--upstream=")
     assert env["TP_DAGSTER_URL"].startswith(f"http://{RELEASE}-")

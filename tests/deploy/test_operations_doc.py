@@ -34,7 +34,7 @@ def test_the_sizing_table_is_the_planners_under_the_shipped_settings():
     from tagging_platform.settings import Settings
 
     guide = (DOCS / "operations.md").read_text()
-    match = re.search(r"<!-- sizing:begin -->\n(.*?)\n?<!-- sizing:end -->", guide, re.S)
+    match = re.search(r"<!-- sizing:begin -->\n(.*?)\n?<!-- sizing:end -->", guide, re.DOTALL)
     assert match, "docs/operations.md has no sizing table markers"
     fresh = sizing_table(Settings())
     assert match.group(1).strip() == fresh, (

@@ -30,12 +30,12 @@ def test_a_built_wheel_holds_the_product_and_its_dagster_layer(tmp_path):
 
 
 def test_the_dockerfile_installs_the_package_and_copies_no_source_by_hand():
-    assert not re.findall(r"^(?:COPY|ADD)\b.*", DOCKERFILE, re.M), "the image should get its code from `pip install .`"
+    assert not re.findall(r"^(?:COPY|ADD)\b.*", DOCKERFILE, re.MULTILINE), "the image should get its code from `pip install .`"
     assert "pip install ." in DOCKERFILE
 
 
 def test_the_code_server_loads_the_installed_definitions_module():
-    cmd = re.search(r"^CMD (\[.*\])", DOCKERFILE, re.M).group(1)
+    cmd = re.search(r"^CMD (\[.*\])", DOCKERFILE, re.MULTILINE).group(1)
     assert yaml.safe_load(cmd)[-4:] == ["-m", "definitions", "-a", "defs"]
     values = yaml.safe_load((REPO / "deploy" / "values.yaml").read_text())
     [deployment] = values["dagster-user-deployments"]["deployments"]

@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +26,6 @@ from tagging_platform.dagster_client import DagsterClient
 from tagging_platform.embedded import EmbeddedS3, free_port
 from tagging_platform.s3 import make_client
 from tagging_platform.settings import PROCESS_ENV, Settings
-
 from tests.conftest import REPO
 from tests.faults.s3_proxy import S3FaultProxy
 
@@ -358,7 +358,7 @@ class MarkerWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> MarkerWatcher:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -371,7 +371,7 @@ class MarkerWatcher:
         while not self._stop.wait(0.5):
             try:
                 for location in published_location(client, settings, self.partition):
-                    marker, objects, problems = check_marker(client, settings.output_bucket, location)
+                    marker, _objects, problems = check_marker(client, settings.output_bucket, location)
                     if marker is None:
                         continue  # removed between the listing and the read: a publish is starting again
                     self.markers_seen += 1

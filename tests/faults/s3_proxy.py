@@ -171,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._upstream is not None:
             self._upstream.close()
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         pass  # thousands of requests per test; the counters say what happened
 
     def do_GET(self) -> None:
@@ -210,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers:
             if name.lower() not in _NOT_FORWARDED and name.lower() not in ("transfer-encoding", "content-length"):
                 self.send_header(name, value)
-        length = dict((k.lower(), v) for k, v in headers).get("content-length", "0")
+        length = {k.lower(): v for k, v in headers}.get("content-length", "0")
         self.send_header("Content-Length", length if self.command == "HEAD" else str(len(data)))
         self.end_headers()
         if self.command != "HEAD":

@@ -10,7 +10,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tagging_platform import engine
-
 from tests.faults.conftest import (
     MarkerWatcher,
     assert_every_image_once,

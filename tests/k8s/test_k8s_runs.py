@@ -160,7 +160,7 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
 
     def comparable(objs):
         keep = ("image", "etag", "status", "tags", "model", "error")
-        return sorted((json.dumps({k: o.get(k) for k in keep}, sort_keys=True) for o in objs))
+        return sorted(json.dumps({k: o.get(k) for k in keep}, sort_keys=True) for o in objs)
 
     assert comparable(objects) == comparable(local_objects)
     print(

@@ -3,8 +3,8 @@
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
-from resources.s3 import PlatformS3Resource
 
+from resources.s3 import PlatformS3Resource
 from resources.warehouse_io_manager import WarehouseIOManager
 
 

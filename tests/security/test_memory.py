@@ -22,7 +22,6 @@ from PIL import Image
 
 from tagging_platform.embedded import free_port
 from tagging_platform.settings import PROCESS_ENV
-
 from tests.conftest import REPO
 
 PNG_SIDE = 9440  # 89,113,600 pixels: just under the synchronous pixel limit
@@ -35,10 +34,11 @@ BACK_WITHIN = 1.15
 def _memory(pid: int) -> dict[str, int]:
     """VmRSS (now) and VmHWM (the peak so far) of a process, in bytes."""
     figures = {}
-    for line in open(f"/proc/{pid}/status"):
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            figures[name] = int(value.split()[0]) * 1024
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                figures[name] = int(value.split()[0]) * 1024
     return figures
 
 

@@ -1,7 +1,7 @@
 """The canary schedule, ticked against the embedded S3 server with a real Dagster instance."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -21,7 +21,7 @@ def _tick(definitions, instance, at: datetime):
 
 
 def test_the_canary_waits_until_the_models_are_registered(definitions, instance):
-    data = _tick(definitions, instance, datetime(2026, 11, 24, 5, 0, tzinfo=timezone.utc))
+    data = _tick(definitions, instance, datetime(2026, 11, 24, 5, 0, tzinfo=UTC))
     assert data.run_requests == []
     assert "model registry" in data.skip_message
     assert canary.PARTITION not in instance.get_dynamic_partitions("manifests")
@@ -29,7 +29,7 @@ def test_the_canary_waits_until_the_models_are_registered(definitions, instance)
 
 def test_a_tick_uploads_the_canary_and_requests_a_tag_manifest_run_of_its_batch(definitions, registered_instance, s3, settings):
     instance = registered_instance
-    data = _tick(definitions, instance, datetime(2026, 11, 24, 5, 30, tzinfo=timezone.utc))
+    data = _tick(definitions, instance, datetime(2026, 11, 24, 5, 30, tzinfo=UTC))
 
     [request] = data.run_requests
     assert definitions.resolve_schedule_def("canary_schedule").job_name == "tag_manifest"
@@ -49,7 +49,7 @@ def test_a_tick_uploads_the_canary_and_requests_a_tag_manifest_run_of_its_batch(
         assert s3.get_object(Bucket="images", Key=f"canary/{name}")["Body"].read() == data_bytes
 
     # The next tick: a run of its own (new run key, new manifest version) in the same batch.
-    later = _tick(definitions, instance, datetime(2026, 11, 24, 6, 0, tzinfo=timezone.utc))
+    later = _tick(definitions, instance, datetime(2026, 11, 24, 6, 0, tzinfo=UTC))
     [next_request] = later.run_requests
     assert next_request.run_key == "canary-20261124T060000Z"
     assert next_request.tags["tagging/manifest_etag"] != request.tags["tagging/manifest_etag"]
@@ -58,14 +58,14 @@ def test_a_tick_uploads_the_canary_and_requests_a_tag_manifest_run_of_its_batch(
 
 def test_a_tick_while_the_previous_canary_is_unfinished_starts_nothing(definitions, registered_instance):
     instance = registered_instance
-    [first] = _tick(definitions, instance, datetime(2026, 11, 24, 7, 0, tzinfo=timezone.utc)).run_requests
+    [first] = _tick(definitions, instance, datetime(2026, 11, 24, 7, 0, tzinfo=UTC)).run_requests
     # What the daemon makes of that request: a run of the canary's batch, not started yet.
     run = instance.create_run_for_job(definitions.resolve_job_def("tag_manifest"), tags=first.tags)
 
-    data = _tick(definitions, instance, datetime(2026, 11, 24, 7, 30, tzinfo=timezone.utc))
+    data = _tick(definitions, instance, datetime(2026, 11, 24, 7, 30, tzinfo=UTC))
     assert data.run_requests == []
     assert data.skip_message == f"the previous canary run {run.run_id} has not finished (NOT_STARTED)"
 
     instance.report_run_canceled(run)
-    [later] = _tick(definitions, instance, datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)).run_requests
+    [later] = _tick(definitions, instance, datetime(2026, 11, 24, 8, 0, tzinfo=UTC)).run_requests
     assert later.run_key == "canary-20261124T080000Z"

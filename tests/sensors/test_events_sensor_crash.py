@@ -13,11 +13,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tagging_platform.s3 import make_client
 from tagging_platform.events import configure_notifications
 from tagging_platform.manifests import partition_key_for
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import PROCESS_ENV, Settings
-
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from tagging_platform import intake
-from tagging_platform.s3 import make_client
 from tagging_platform.events import configure_notifications
+from tagging_platform.s3 import make_client
 from tagging_platform.settings import Settings
-
 from tests.sensors.test_manifest_sensor import _tick
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"

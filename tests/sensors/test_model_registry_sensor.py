@@ -6,7 +6,6 @@ import uuid
 import dagster as dg
 
 from tagging_platform import models
-
 from tests.sensors.test_manifest_sensor import _tick
 
 

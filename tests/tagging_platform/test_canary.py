@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -101,7 +101,7 @@ def test_the_canary_reads_the_published_objects_in_either_format(s3, fmt):
             "image": f"s3://images/canary/{name}.jpg", "position": i, "etag": "e", "status": tags.STATUS_OK, "error": None,
             "tags": [{"name": tag, "confidence": 0.9, "parents": parents}], "top_tag": tag, "top_confidence": 0.9,
             "model_name": "mobilenet_v2", "model_version": "sha256:abc", "manifest": "s3://warehouse/canary/manifest.json",
-            "partition": canary.PARTITION, "chunk": 0, "run_id": "run-1", "tagged_at": datetime.now(timezone.utc),
+            "partition": canary.PARTITION, "chunk": 0, "run_id": "run-1", "tagged_at": datetime.now(UTC),
         }
         for i, (name, tag, parents) in enumerate([("chelsea", "tabby", CAT_PARENTS), ("coffee", "espresso", ["coffee"])])
     ]

@@ -130,14 +130,14 @@ def test_sagemaker_image_made_by_concatenation_is_validated_naming_the_entry():
 
 def test_jsonl_skips_blank_lines_and_ignores_other_keys():
     data = (
-        "\n"
-        '{"source-ref": "s3://images/a.jpg", "class": 3, "meta": {"w": 10}}\n'
-        "   \n"
-        '  {"source-ref": "s3://images/sub/b.png"}\r\n'
-        "\n"
-        '{"source-ref": "s3://images/sub/c.jpg", "source-ref-metadata": null}\n'
-        "\n"
-    ).encode()
+        b"\n"
+        b'{"source-ref": "s3://images/a.jpg", "class": 3, "meta": {"w": 10}}\n'
+        b"   \n"
+        b'  {"source-ref": "s3://images/sub/b.png"}\r\n'
+        b"\n"
+        b'{"source-ref": "s3://images/sub/c.jpg", "source-ref-metadata": null}\n'
+        b"\n"
+    )
     manifest = parse(data)
     assert manifest.format == "jsonl"
     assert manifest.images == tuple(IMAGES)

@@ -4,9 +4,16 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tagging_platform.engine import ChunkStats
 from tagging_platform.embedded import free_port
-from tagging_platform.metrics import CANARY_JOB, EVENTS_JOB, chunk_pusher, delete_chunks, push_bad_event_records, push_canary
+from tagging_platform.engine import ChunkStats
+from tagging_platform.metrics import (
+    CANARY_JOB,
+    EVENTS_JOB,
+    chunk_pusher,
+    delete_chunks,
+    push_bad_event_records,
+    push_canary,
+)
 
 
 def scrape(gateway: str, batch: str = "", job: str = "") -> dict[tuple[str, tuple], float]:

@@ -1,14 +1,13 @@
 """The rekognition and groundtruth records, checked against AWS's own definitions and read back by our parser."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from tagging_platform import output_formats, publishing, tags
 from tagging_platform.manifests import parse_manifest
 from tagging_platform.output_formats import LINEAGE_KEY, Options
-
 from tests.aws_shapes import problems, service_shapes
 from tests.conftest import read_published
 
@@ -25,7 +24,7 @@ def _row(image="s3://images/p/chelsea.jpg", status=tags.STATUS_OK, found=None):
         "tags": [{"name": n, "confidence": c, "parents": p} for n, c, p in found] if status == tags.STATUS_OK else None,
         "top_tag": None, "top_confidence": None, "model_name": "mobilenet_v2", "model_version": "sha256:abc",
         "manifest": "s3://manifests/incoming/p.json", "partition": "p", "chunk": 0, "run_id": "run-1",
-        "tagged_at": datetime.now(timezone.utc),
+        "tagged_at": datetime.now(UTC),
     }
 
 

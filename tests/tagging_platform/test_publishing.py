@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from tagging_platform import publishing, tags
 
 
 def _table(n):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [
         {
             "image": f"s3://images/p/{i}.jpg", "position": i, "etag": f"e{i}",

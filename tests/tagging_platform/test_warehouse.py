@@ -1,12 +1,11 @@
 """Analysts' access to the tag tables in S3: load_tags and SQL through DuckDB."""
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from tagging_platform import layout, tags, warehouse
-
 
 # What the ImageNet models' cards give these classes (tagging_platform.taxonomy), shortened.
 CAT = ["domestic cat", "cat", "feline", "animal"]
@@ -14,7 +13,7 @@ PARENTS = {"tabby": CAT, "tiger cat": CAT, "espresso": ["coffee", "beverage", "f
 
 
 def _rows(partition, labels, model_version="sha256:aaaa"):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return [
         {
             "image": f"s3://images/{partition}/{i}.jpg", "position": i, "etag": f"e{i}", "status": tags.STATUS_OK,
