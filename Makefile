@@ -59,7 +59,7 @@ clean:
 
 # --- Kubernetes: a real API server for the k8s tests (k8s_cluster/) ---------------------------------------
 # kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 are built once from Debian's source
-# package (~6 min) into ~/.cache/tagging-platform/kubernetes-v1.20.2/; etcd comes from Debian. Loopback only.
+# package (docs/development.md) into ~/.cache/tagging-platform/kubernetes-v1.20.2/; etcd comes from Debian. Loopback only.
 cluster-build: $(STAMP)
 	$(BIN)/python -m k8s_cluster build
 

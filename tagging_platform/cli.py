@@ -296,10 +296,9 @@ def run_model_promote(args) -> int:
 def run_model_list(args) -> int:
     settings = Settings.from_env()
     for card in models.list_models(make_client(settings), settings.model_bucket):
-        profile = card.get("profile", {})
         print(
             f"{card['name']:<24} {card['version'][:23]}  {card['kind']:<17} {card['num_classes']:>5} classes  "
-            f"{profile.get('accelerator', 'gpu')}  precision: {tuning.describe_gate(card)}  "
+            f"{card['profile']['accelerator']}  precision: {tuning.describe_gate(card)}  "
             f"{card.get('description', '')[:60]}"
         )
     return 0

@@ -9,6 +9,8 @@
                                                             the chunk's marker, written last: its parts and figures
     chunks/partition=<batch>/model=<name>-<short version>/reused-<digest>.parquet
                                                             the rows planning took from the reuse index
+    chunks/partition=<batch>/model=<name>-<short version>/progress/chunk-<index>.json
+                                                            a running chunk's figures so far (the API's status)
 
 The reuse index (`reuse.index_prefix`) and the completion marker (`publishing.MARKER_NAME`) keep their
 layouts beside the code that owns them.
@@ -44,10 +46,20 @@ def chunks_prefix(partition: str) -> str:
     return f"{CHUNKS_PREFIX}partition={partition}/"
 
 
+def model_prefix(partition: str, model_name: str, short_version: str) -> str:
+    """A batch's chunk results by one model version."""
+    return f"{chunks_prefix(partition)}model={model_name}-{short_version}/"
+
+
 def chunk_prefix(partition: str, model_name: str, short_version: str, index: int, digest: str) -> str:
     """A chunk's folder: its checkpointed parts and, last, its marker."""
-    return f"{chunks_prefix(partition)}model={model_name}-{short_version}/chunk-{index:05d}-{digest}/"
+    return f"{model_prefix(partition, model_name, short_version)}chunk-{index:05d}-{digest}/"
 
 
 def reused_key(partition: str, model_name: str, short_version: str, digest: str) -> str:
-    return f"{chunks_prefix(partition)}model={model_name}-{short_version}/reused-{digest}.parquet"
+    return f"{model_prefix(partition, model_name, short_version)}reused-{digest}.parquet"
+
+
+def progress_key(partition: str, model_name: str, short_version: str, index: int) -> str:
+    """A running chunk's figures so far, overwritten as it goes."""
+    return f"{model_prefix(partition, model_name, short_version)}progress/chunk-{index:05d}.json"

@@ -152,7 +152,7 @@ class ModelCard:
             architecture=data.get("architecture"),
             description=data.get("description", ""),
             source=data.get("source", ""),
-            profile=ResourceProfile.from_dict(data["profile"]) if "profile" in data else ResourceProfile(),
+            profile=ResourceProfile.from_dict(data["profile"]),
             parents=tuple(tuple(names) for names in data.get("parents") or ()),
         )
         if card.version != data["version"]:
@@ -324,7 +324,7 @@ def is_registered(s3_client, bucket: str, card: ModelCard) -> bool:
 def read_profile(s3_client, ref: ModelRef) -> ResourceProfile:
     """Where a model runs, from its card alone (not its labels)."""
     card = json.loads(_get(s3_client, ref.bucket, ref.card_key))
-    return ResourceProfile.from_dict(card["profile"]) if "profile" in card else ResourceProfile()
+    return ResourceProfile.from_dict(card["profile"])
 
 
 def read_card(s3_client, ref: ModelRef) -> ModelCard:

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     # object per image.
     publish_format: Literal[PUBLISH_FORMATS] = "jsonl"
     publish_part_images: int = 10_000
-    # Engine. Batch size 0: the size a short probe measured fastest for the model on this kind of machine
+    # Engine. Batch size 0: the size a short probe found fastest for the model on the hardware it loads on
     # (tagging_platform.tuning); any other value pins it. Precision "auto": the device's native lower precision
     # (bfloat16 on CPUs that have it, float16 on CUDA) where the accuracy gate passed it for the model version.
     batch_size: int = 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tagging_platform.settings import PROCESS_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "deploy" / "Dockerfile").read_text()
 LAYER = ("tagging_platform", "assets", "resources", "sensors")
@@ -40,3 +42,8 @@ def test_the_code_server_loads_the_installed_definitions_module():
     values = yaml.safe_load((REPO / "deploy" / "values.yaml").read_text())
     [deployment] = values["dagster-user-deployments"]["deployments"]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "definitions", "-a", "defs"]
+
+
+def test_the_image_sets_the_process_environment_every_step_process_gets():
+    env = dict(re.findall(r"^\s+([A-Z_]+)=(\S+?)(?: \\)?$", DOCKERFILE.split("\nENV ", 1)[1].split("\n\n")[0], re.MULTILINE))
+    assert {k: env.get(k) for k in PROCESS_ENV} == PROCESS_ENV
