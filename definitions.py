@@ -7,6 +7,7 @@ from assets.jobs import publish_model_job, tag_manifest_job
 from executors import HARDENED_STEP_POD, k8s_step_executor
 from resources import build_resources
 from sensors import build_canary_schedule, build_failed_run_sensor, build_manifest_sensor, build_model_registry_sensor
+from sensors.ticks import every_interval
 from tagging_platform.settings import PROCESS_ENV, Settings
 
 
@@ -47,8 +48,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             dg.AutomationConditionSensorDefinition(
                 "quality_history_automation",
                 target=dg.AssetSelection.keys("tag_quality_history"),
-                default_status=dg.DefaultSensorStatus.RUNNING,
-                minimum_interval_seconds=settings.sensor_interval_s,
+                **every_interval(settings),
             ),
         ],
         schedules=[build_canary_schedule(settings)],

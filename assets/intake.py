@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 from dagster_aws.s3 import S3Resource
 
-from assets.partitions import manifests_partitions
+from assets.partitions import BATCH_ASSET
 from resources.settings import PlatformSettings
 from tagging_platform import intake, models
 from tagging_platform.manifests import ManifestError, parse_manifest
@@ -14,11 +14,9 @@ from tagging_platform.s3 import split_uri
 
 
 @dg.asset(
-    partitions_def=manifests_partitions,
+    **BATCH_ASSET,
     group_name="intake",
-    io_manager_key="warehouse_io_manager",
     kinds={"s3", "pandas"},
-    owners=["team:ml-platform"],
     description="The images a manifest lists, validated, one row per image (image_uri, position).",
 )
 def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: PlatformSettings) -> dg.Output[pd.DataFrame]:

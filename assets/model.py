@@ -3,6 +3,7 @@
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from assets.partitions import OWNERS
 from resources.settings import PlatformSettings
 from tagging_platform import models
 
@@ -18,7 +19,7 @@ REGISTRY_SERVICE_ACCOUNT = "tagging-platform-registry"
     group_name="model",
     io_manager_key="warehouse_io_manager",
     kinds={"pytorch", "s3"},
-    owners=["team:ml-platform"],
+    owners=OWNERS,
     description="The model registry (s3://<model bucket>/<name>/<version>/): built-in models registered, customers' models added by `tagging-platform model register`. Its value is the default model; its data version that model's content hash.",
 )
 def tagger_model(context: dg.AssetExecutionContext, s3: S3Resource, platform: PlatformSettings) -> dg.Output[dict]:

@@ -7,18 +7,16 @@ import pandas as pd
 import pyarrow as pa
 from dagster_aws.s3 import S3Resource
 
-from assets.partitions import manifests_partitions
+from assets.partitions import BATCH_ASSET
 from resources.settings import PlatformSettings
 from tagging_platform import output_formats, publishing
 from tagging_platform.models import ModelRef
 
 
 @dg.asset(
-    partitions_def=manifests_partitions,
+    **BATCH_ASSET,
     group_name="publishing",
-    io_manager_key="warehouse_io_manager",
     kinds={"s3", "json"},
-    owners=["team:ml-platform"],
     description="A record for every image in the batch's output format (JSON Lines parts of tag objects by default; "
     "DetectLabels responses or a Ground Truth manifest on request) and a completion marker written last.",
 )

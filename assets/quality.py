@@ -7,18 +7,16 @@ import pandas as pd
 import pyarrow as pa
 from dagster_aws.s3 import S3Resource
 
-from assets.partitions import manifests_partitions
+from assets.partitions import BATCH_ASSET, OWNERS, manifests_partitions
 from assets.tagging import image_tags
 from resources.settings import PlatformSettings
 from tagging_platform import canary, quality
 
 
 @dg.asset(
-    partitions_def=manifests_partitions,
+    **BATCH_ASSET,
     group_name="quality",
-    io_manager_key="warehouse_io_manager",
     kinds={"pandas"},
-    owners=["team:ml-platform"],
     description="Coverage, error rate, confidence distribution and top tags of one manifest.",
 )
 def tag_quality_metrics(
@@ -51,7 +49,7 @@ def tag_quality_metrics(
     group_name="quality",
     io_manager_key="warehouse_io_manager",
     kinds={"pandas"},
-    owners=["team:ml-platform"],
+    owners=OWNERS,
     automation_condition=dg.AutomationCondition.eager(),
     description="Quality across manifests: one row per manifest, with tag-distribution drift (Jensen-Shannon "
     "divergence) against the trailing manifests. Updated after every manifest.",

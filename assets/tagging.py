@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 from dagster_aws.s3 import S3Resource
 
-from assets.partitions import manifests_partitions
+from assets.partitions import OWNERS, manifests_partitions
 from resources.settings import PlatformSettings
 from resources.tagger import TaggerResource
 from tagging_platform import engine, metrics, reuse, tags
@@ -170,7 +170,7 @@ def merge_chunks(
     partitions_def=manifests_partitions,
     group_name="tagging",
     kinds={"pytorch", "s3", "parquet"},
-    owners=["team:ml-platform"],
+    owners=OWNERS,
     description="One tag row per manifest image (tagged or errored), with lineage: model version, chunk, run.",
 )
 def image_tags(manifest: pd.DataFrame, tagger_model: dict) -> pa.Table:

@@ -46,6 +46,13 @@ def run_fresh(module: str, args: Sequence[str], env: dict[str, str] | None = Non
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def show(text: str, out: Path, note: str = "") -> None:
+    """A results table on stdout, then where the results were written (the table flushed first, so that the two
+    stay in order when piped)."""
+    print(text, flush=True)
+    log(f"written to {out}{note}")
+
+
 def write_results(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed, so an interrupted run never leaves half a results file behind.

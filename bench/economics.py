@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import RESULTS, log, machine, table, write_results
+from bench.common import RESULTS, log, machine, show, table, write_results
 from tagging_platform import engine, reuse
 from tagging_platform.models import ModelRef
 from tagging_platform.planning import plan_for
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = measure()
     write_results(args.out, results)
-    print(render(results), flush=True)
-    log(f"written to {args.out}")
+    show(render(results), args.out)
 
 
 def measure() -> dict:

@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, log, machine, table, write_results
+from bench.common import RESULTS, ROOT, log, machine, show, table, write_results
 from bench.throughput import RUN_TIMEOUT_S, _timeline, _wait_for_marker, _wait_for_registration, make_images
 from tagging_platform import cli, publishing
 from tagging_platform.local import LocalPlatform
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = args.out or RESULTS / ("reuse.json" if args.images == 2_000 else f"reuse-{args.images}.json")
     write_results(out, results)
-    print(render(results), flush=True)
-    log(f"written to {out}")
+    show(render(results), out)
     if not (identical and lineage and reused == overlap):
         raise SystemExit("reused tags differ from the first run's, or not every overlapping image was reused")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench import economics
-from bench.common import RESULTS, emit, log, machine, peak_rss_mb, run_fresh, table, write_results
+from bench.common import RESULTS, emit, log, machine, peak_rss_mb, run_fresh, show, table, write_results
 from tagging_platform import intake
 from tagging_platform.manifests import parse_manifest
 from tagging_platform.planning import plan_chunks, planning_options
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         economics_results = economics.measure()
         write_results(RESULTS / "economics.json", economics_results)
         print(economics.render(economics_results), flush=True)
-    # Flushed before the log line below, so that the table and the log stay in order when piped.
-    print(render(results), flush=True)
-    log(f"written to {out}")
+    show(render(results), out)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import psutil
 from PIL import Image
 
-from bench.common import RESULTS, ROOT, emit, log, machine, table, write_results
+from bench.common import RESULTS, ROOT, emit, log, machine, show, table, write_results
 from tagging_platform import engine, models, photos, tuning
 from tagging_platform.embedded import EmbeddedS3, create_buckets, free_port
 from tagging_platform.s3 import make_client
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         server.stop()
     results = summarise(contenders, memory, plan, args.quick, upload_s, time.perf_counter() - started)
     write_results(out, results)
-    # Flushed before the log line below, so that the table and the log stay in order when piped.
-    print(render(results), flush=True)
-    log(f"written to {out} after {results['bench_wall_s'] / 60:.1f} min")
+    show(render(results), out, f" after {results['bench_wall_s'] / 60:.1f} min")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -777,39 +775,21 @@ def _wait_for_marker(platform, partition: str) -> float:
     raise TimeoutError(f"no completion marker under s3://{settings.output_bucket}/{prefix}; see {platform.log_path}")
 
 
-_TIMELINE = """
-query Timeline($runId: ID!, $after: String) {
-  runOrError(runId: $runId) { __typename ... on Run { creationTime startTime endTime } }
-  logsForRun(runId: $runId, afterCursor: $after) {
-    __typename
-    ... on EventConnection {
-      cursor hasMore
-      events {
-        __typename
-        ... on MessageEvent { timestamp stepKey eventType }
-        ... on ExecutionStepOutputEvent {
-          metadataEntries { label ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue } }
-        }
-      }
-    }
-    ... on PythonError { message }
+_RUN_TIMES = """
+query RunTimes($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { creationTime startTime endTime } } }"""
+
+_TIMELINE_EVENTS = """
+  ... on MessageEvent { timestamp stepKey eventType }
+  ... on ExecutionStepOutputEvent {
+    metadataEntries { label ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue } }
   }
-}"""
+"""
 
 
 def _timeline(dagster, run_id: str, t0: float) -> dict:
     """Where a run's time went, in seconds from the manifest's PUT, from its event log."""
-    events, cursor = [], None
-    while True:
-        data = dagster.query(_TIMELINE, {"runId": run_id, "after": cursor})
-        logs = data["logsForRun"]
-        if logs["__typename"] != "EventConnection":
-            raise RuntimeError(f"Dagster has no event log for run {run_id}: {logs.get('message')}")
-        events += logs["events"]
-        cursor = logs["cursor"]
-        if not logs["hasMore"]:
-            break
-    run = data["runOrError"]
+    events = dagster.log_events(run_id, _TIMELINE_EVENTS)
+    run = dagster.query(_RUN_TIMES, {"runId": run_id})["runOrError"]
     steps: dict[str, dict] = {}
     tag_chunk_stats = {}
     for event in events:

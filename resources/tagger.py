@@ -10,15 +10,15 @@ _loaded: dict[tuple, Tagger] = {}
 
 
 class TaggerResource(dg.ConfigurableResource):
-    """How `tag_chunk` runs the engine. `device="auto"` takes CUDA when the pod has a GPU; `batch_size=0` the
-    measured best; `precision="auto"` the device's native lower precision where the gate passed it."""
+    """How `tag_chunk` runs the engine, as the settings say (resources.build_resources; the defaults and their
+    meaning are the TP_* settings' own, tagging_platform/settings.py)."""
 
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 0
-    fetch_workers: int = 4
-    top_k: int = 5
-    min_confidence: float = 0.05
+    device: str
+    precision: str
+    batch_size: int
+    fetch_workers: int
+    top_k: int
+    min_confidence: float
 
     def load(self, s3_client, ref: ModelRef) -> Tagger:
         options = {

@@ -12,6 +12,7 @@ from assets.jobs import tag_manifest_job
 from assets.partitions import manifests_partitions
 from resources.settings import PlatformSettings
 from sensors.model_registry_sensor import model_registered
+from sensors.ticks import every_interval
 from tagging_platform import intake, metrics
 from tagging_platform.events import ManifestQueue
 from tagging_platform.s3 import make_client
@@ -30,8 +31,7 @@ def build_manifest_sensor(settings: Settings) -> dg.SensorDefinition:
 def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="manifest_sensor",
-        minimum_interval_seconds=settings.sensor_interval_s,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        **every_interval(settings),
         description=f"Lists s3://{settings.manifest_bucket}/{settings.manifest_prefix} a few pages per tick.",
         job=tag_manifest_job,
     )
@@ -56,8 +56,7 @@ def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
 def _events_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="manifest_events_sensor",
-        minimum_interval_seconds=settings.sensor_interval_s,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        **every_interval(settings),
         description=f"Reads S3 event notifications of s3://{settings.manifest_bucket}/ from SQS queue "
         f"{settings.manifest_queue}.",
         job=tag_manifest_job,

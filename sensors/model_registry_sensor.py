@@ -6,6 +6,7 @@ from dagster_aws.s3 import S3Resource
 from assets.jobs import publish_model_job
 from assets.model import REGISTRY_FINGERPRINT
 from resources.settings import PlatformSettings
+from sensors.ticks import every_interval
 from tagging_platform import models
 from tagging_platform.settings import Settings
 
@@ -15,8 +16,7 @@ TAGGER_MODEL = dg.AssetKey("tagger_model")
 def build_model_registry_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="model_registry_sensor",
-        minimum_interval_seconds=settings.sensor_interval_s,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        **every_interval(settings),
         description=f"Materializes tagger_model when s3://{settings.model_bucket}/ changes: built-in models on the "
         "first tick, then every `tagging-platform model register`.",
         job=publish_model_job,

@@ -29,21 +29,20 @@ query Runs($filter: RunsFilter) {
   }
 }"""
 
-_CHECKS = """
+# A page of a run's event log; EVENTS is the selection on the event types a caller wants.
+_LOGS = """
 query Logs($runId: ID!, $after: String) {
   logsForRun(runId: $runId, afterCursor: $after) {
     __typename
-    ... on EventConnection {
-      cursor hasMore
-      events {
-        __typename
-        ... on AssetCheckEvaluationEvent { evaluation { checkName success severity assetKey { path } } }
-        ... on ExecutionStepFailureEvent { stepKey error { message } }
-      }
-    }
+    ... on EventConnection { cursor hasMore events { __typename EVENTS } }
     ... on PythonError { message }
   }
 }"""
+
+_CHECKS_AND_FAILURES = """
+  ... on AssetCheckEvaluationEvent { evaluation { checkName success severity assetKey { path } } }
+  ... on ExecutionStepFailureEvent { stepKey error { message } }
+"""
 
 
 _LATEST_RUN = """
@@ -71,19 +70,13 @@ query StaleStatus($key: AssetKeyInput!, $partitions: [String!]) {
 _LAUNCH_BACKFILL = """
 mutation LaunchBackfill($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message }
   }
 }"""
 
 _BACKFILL = """
 query Backfill($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status }
-    ... on Error { message }
-  }
+  partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } ... on Error { message } }
 }"""
 
 
@@ -161,19 +154,25 @@ class DagsterClient:
         result = self.query(query, {"key": {"path": [asset]}, **variables})["assetNodeOrError"]
         return _expect(result, "AssetNode")
 
-    def run_events(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The run's asset check evaluations and step failures."""
-        checks, failures, cursor = [], [], None
+    def log_events(self, run_id: str, selection: str) -> list[dict[str, Any]]:
+        """Every event of a run's log, page by page, with `selection` (fragments on the event types wanted)."""
+        query, events, cursor = _LOGS.replace("EVENTS", selection), [], None
         while True:
-            result = _expect(self.query(_CHECKS, {"runId": run_id, "after": cursor})["logsForRun"], "EventConnection")
-            for event in result["events"]:
-                if event["__typename"] == "AssetCheckEvaluationEvent":
-                    checks.append(event["evaluation"])
-                elif event["__typename"] == "ExecutionStepFailureEvent":
-                    failures.append({"step": event["stepKey"], "error": event["error"]["message"]})
+            result = _expect(self.query(query, {"runId": run_id, "after": cursor})["logsForRun"], "EventConnection")
+            events += result["events"]
             cursor = result["cursor"]
             if not result["hasMore"]:
-                return checks, failures
+                return events
+
+    def run_events(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The run's asset check evaluations and step failures."""
+        checks, failures = [], []
+        for event in self.log_events(run_id, _CHECKS_AND_FAILURES):
+            if event["__typename"] == "AssetCheckEvaluationEvent":
+                checks.append(event["evaluation"])
+            elif event["__typename"] == "ExecutionStepFailureEvent":
+                failures.append({"step": event["stepKey"], "error": event["error"]["message"]})
+        return checks, failures
 
 
 def _expect(result: dict[str, Any], typename: str) -> dict[str, Any]:

@@ -21,6 +21,8 @@ def test_runs_latest_run_and_events_of_a_partition(dagster_webserver, run_stub):
     assert failures == []
     _, failures = client.run_events(second)
     assert [f["step"] for f in failures] == ["image_tags"] and "no GPU today" in failures[0]["error"]
+    starts = client.log_events(first, "... on MessageEvent { stepKey eventType }")
+    assert "image_tags" in [e["stepKey"] for e in starts if e.get("eventType") == "STEP_START"]
 
 
 def test_a_query_dagster_rejects_raises_its_errors(dagster_webserver):
