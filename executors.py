@@ -1,5 +1,5 @@
-"""The k8s deployment's executor (beside definitions.py, which composes it): dagster-k8s's `k8s_job_executor` (one Job per step) that also gives up on a
-step pod the cluster cannot schedule.
+"""The k8s deployment's executor (beside definitions.py, which composes it): dagster-k8s's `k8s_job_executor`
+(one Job per step) that also gives up on a step pod the cluster cannot schedule.
 
 A step pod that can never be placed (no node with enough GPUs, the GPU pool cordoned or at its quota) stays
 Pending forever, and so would the run: dagster-k8s only fails a step when its Job fails, and a Job whose pod is
@@ -67,7 +67,9 @@ HARDENED_STEP_POD = {
 }
 
 
-def placed_on_gpu_pool(config: UserDefinedDagsterK8sConfig, node_selector: str, toleration_key: str) -> UserDefinedDagsterK8sConfig:
+def placed_on_gpu_pool(
+    config: UserDefinedDagsterK8sConfig, node_selector: str, toleration_key: str
+) -> UserDefinedDagsterK8sConfig:
     """A tag_chunk pod's config for a GPU model: the GPU pool's node label ("key=value") and its taint tolerated."""
     key, _, value = node_selector.partition("=")
     pod = {
@@ -100,7 +102,10 @@ def planned_unschedulable_timeout(instance, run_id: str) -> float | None:
     ahead of a chunk's pod. None before planning, or for a run with nothing to tag."""
     for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
         event = record.dagster_event
-        if event.step_key.endswith("plan_chunks") and event.event_specific_data.step_output_handle.output_name == "planned":
+        if (
+            event.step_key.endswith("plan_chunks")
+            and event.event_specific_data.step_output_handle.output_name == "planned"
+        ):
             plan = event.event_specific_data.metadata.get("plan")
             return float(plan.value["unschedulable_timeout_s"]) if plan else None
     return None
@@ -125,7 +130,9 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
         profile = self._profiles[partition]
         if profile.get("accelerator") != "cpu":
             return context._replace(
-                run_k8s_config=placed_on_gpu_pool(context.run_k8s_config, self.gpu_node_selector, self.gpu_toleration_key)
+                run_k8s_config=placed_on_gpu_pool(
+                    context.run_k8s_config, self.gpu_node_selector, self.gpu_toleration_key
+                )
             )
         return context._replace(run_k8s_config=sized_for_cpu(context.run_k8s_config, profile["memory"]))
 
@@ -141,8 +148,11 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
             if pod.status.phase != "Pending" or pod.spec.node_name:
                 continue
             unschedulable = next(
-                (c for c in pod.status.conditions or []
-                 if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"),
+                (
+                    c
+                    for c in pod.status.conditions or []
+                    if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+                ),
                 None,
             )
             waited = (now - pod.metadata.creation_timestamp).total_seconds()
@@ -158,7 +168,6 @@ class SchedulingAwareK8sStepHandler(K8sStepHandler):
                 )
             )
         return result
-
 
     def _unschedulable_limit(self, step_handler_context) -> float:
         """A tag_chunk pod may wait for the waves of its plan ahead of it as well as for a node to start."""
@@ -202,7 +211,9 @@ def k8s_step_executor(init_context: InitExecutorContext):
     gpu_toleration_key = config.pop("gpu_toleration_key")
     base = k8s_job_executor.executor_creation_fn(
         InitExecutorContext(
-            job=init_context.job, executor_def=k8s_job_executor, executor_config=config,
+            job=init_context.job,
+            executor_def=k8s_job_executor,
+            executor_config=config,
             instance=init_context.instance,
         )
     )

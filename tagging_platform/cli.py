@@ -128,7 +128,8 @@ def _add_model_register(model_commands) -> None:
     artifact.add_argument("--builtin", choices=sorted(models.BUILTIN_MODELS), help="a built-in model under a new name")
     register.add_argument("--architecture", help="torchvision model name (with --weights)")
     register.add_argument("--labels", type=Path, help="class names: a JSON list or one per line, in output order")
-    # Defaults 256 and 224; with --builtin, the built-in model's own unless given (a new preprocessing is a new version).
+    # Defaults 256 and 224; with --builtin, the built-in model's own unless given (a new preprocessing is a new
+    # version).
     register.add_argument("--resize", type=int)
     register.add_argument("--crop", type=int)
     register.add_argument("--mean", type=float, nargs=3, default=models.Preprocessing().mean, metavar=("R", "G", "B"))
@@ -524,7 +525,8 @@ def run_demo(args) -> int:
     with LocalPlatform(args.workspace, settings_overrides=overrides) as platform:
         settings = platform.settings
         print(
-            f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})"
+            f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url}"
+            f" (DAGSTER_HOME={platform.dagster_home})"
         )
         images = photos.sample_set(variants_per_photo=args.variants)
         name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -568,7 +570,8 @@ def summarise(platform, run: dict, partition: str, expected: int, started: float
         else "checks: " + ", ".join(f"{c['checkName']} failed" for c in checks if not c["success"])
     )
     print(
-        f"tagged {marker['tagged']}/{expected} images, {marker['objects']} tag objects published to {location}, {verdict}"
+        f"tagged {marker['tagged']}/{expected} images, {marker['objects']} tag objects published to {location},"
+        f" {verdict}"
     )
     blocking_ok = all(c["success"] for c in checks if c["checkName"] == "every_image_accounted_for")
     return 0 if accounted and blocking_ok else 1

@@ -27,8 +27,11 @@ def test_every_requirement_of_pyproject_is_pinned_within_its_range():
     pinned = pins()
     missing = [str(r) for r in requirements() if canonicalize_name(r.name) not in pinned]
     assert not missing, f"not in constraints.txt (regenerate it with pip freeze): {missing}"
-    outside = {str(r): pinned[canonicalize_name(r.name)] for r in requirements()
-               if not r.specifier.contains(pinned[canonicalize_name(r.name)], prereleases=True)}
+    outside = {
+        str(r): pinned[canonicalize_name(r.name)]
+        for r in requirements()
+        if not r.specifier.contains(pinned[canonicalize_name(r.name)], prereleases=True)
+    }
     assert not outside, f"constraints.txt pins these outside pyproject.toml's range: {outside}"
 
 
@@ -38,4 +41,6 @@ def test_the_makefile_installs_with_the_constraints_and_its_weights_as_pinned():
     assert installs and all("-c constraints.txt" in line or "$(PIP_INSTALL)" in line for line in installs), installs
     weights = dict(re.findall(r"([\w\-]+)==(\S+)", re.search(r"^WEIGHTS := (.*)$", makefile, re.MULTILINE)[1]))
     pinned = pins()
-    assert {canonicalize_name(k): v for k, v in weights.items()} == {canonicalize_name(k): pinned[canonicalize_name(k)] for k in weights}
+    assert {canonicalize_name(k): v for k, v in weights.items()} == {
+        canonicalize_name(k): pinned[canonicalize_name(k)] for k in weights
+    }

@@ -71,8 +71,10 @@ def _params(function) -> list[str]:
 INTERNALS = [
     (
         "StepDelegatingExecutor.log_failure_or_retry_event_after_error(step_context, err_info, known_state)",
-        lambda: _params(executors.StepDelegatingExecutor.log_failure_or_retry_event_after_error)
-        == ["self", "step_context", "err_info", "known_state"],
+        lambda: (
+            _params(executors.StepDelegatingExecutor.log_failure_or_retry_event_after_error)
+            == ["self", "step_context", "err_info", "known_state"]
+        ),
     ),
     (
         "StepDelegatingExecutor reads self._check_step_health_interval_seconds and self._step_handler",
@@ -97,8 +99,10 @@ INTERNALS = [
     ),
     (
         "CheckStepHealthResult.unhealthy(reason) and .is_healthy",
-        lambda: _params(executors.CheckStepHealthResult.unhealthy) == ["reason"]
-        and not executors.CheckStepHealthResult.unhealthy(reason="x").is_healthy,
+        lambda: (
+            _params(executors.CheckStepHealthResult.unhealthy) == ["reason"]
+            and not executors.CheckStepHealthResult.unhealthy(reason="x").is_healthy
+        ),
     ),
     (
         "DagsterEvent.step_failure_event(step_context, step_failure_data, ...)",
@@ -118,8 +122,10 @@ INTERNALS = [
     ),
     (
         "k8s_job_executor.config_schema.config_type.fields holds the options definitions.py sets",
-        lambda: {"max_concurrent", "env_vars", "step_k8s_config"}
-        <= set(executors.k8s_job_executor.config_schema.config_type.fields),
+        lambda: (
+            {"max_concurrent", "env_vars", "step_k8s_config"}
+            <= set(executors.k8s_job_executor.config_schema.config_type.fields)
+        ),
     ),
 ]
 

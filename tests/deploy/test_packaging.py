@@ -19,10 +19,25 @@ MODULES = ("definitions.py", "executors.py")
 
 def test_a_built_wheel_holds_the_product_and_its_dagster_layer(tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "bench", "build", "*.egg-info"))
+    shutil.copytree(
+        REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "bench", "build", "*.egg-info")
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
-        cwd=source, check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=source,
+        check=True,
+        timeout=300,
     )
     [wheel] = tmp_path.glob("tagging_platform-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -32,7 +47,9 @@ def test_a_built_wheel_holds_the_product_and_its_dagster_layer(tmp_path):
 
 
 def test_the_dockerfile_installs_the_package_and_copies_no_source_by_hand():
-    assert not re.findall(r"^(?:COPY|ADD)\b.*", DOCKERFILE, re.MULTILINE), "the image should get its code from `pip install .`"
+    assert not re.findall(r"^(?:COPY|ADD)\b.*", DOCKERFILE, re.MULTILINE), (
+        "the image should get its code from `pip install .`"
+    )
     assert "pip install ." in DOCKERFILE
 
 
@@ -45,5 +62,7 @@ def test_the_code_server_loads_the_installed_definitions_module():
 
 
 def test_the_image_sets_the_process_environment_every_step_process_gets():
-    env = dict(re.findall(r"^\s+([A-Z_]+)=(\S+?)(?: \\)?$", DOCKERFILE.split("\nENV ", 1)[1].split("\n\n")[0], re.MULTILINE))
+    env = dict(
+        re.findall(r"^\s+([A-Z_]+)=(\S+?)(?: \\)?$", DOCKERFILE.split("\nENV ", 1)[1].split("\n\n")[0], re.MULTILINE)
+    )
     assert {k: env.get(k) for k in PROCESS_ENV} == PROCESS_ENV

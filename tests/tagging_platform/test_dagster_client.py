@@ -17,7 +17,10 @@ def test_runs_latest_run_and_events_of_a_partition(dagster_webserver, run_stub):
     latest = client.latest_run("tag_manifest", tags)
     assert (latest["runId"], latest["status"]) == (second, "FAILURE")
     checks, failures = client.run_events(first)
-    assert {(c["checkName"], c["success"]) for c in checks} == {("every_image_accounted_for", True), ("error_rate", False)}
+    assert {(c["checkName"], c["success"]) for c in checks} == {
+        ("every_image_accounted_for", True),
+        ("error_rate", False),
+    }
     assert failures == []
     _, failures = client.run_events(second)
     assert [f["step"] for f in failures] == ["image_tags"] and "no GPU today" in failures[0]["error"]
