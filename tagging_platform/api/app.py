@@ -18,6 +18,7 @@ from tagging_platform.api import handlers
 from tagging_platform.api.batches import Batches
 from tagging_platform.api.inference import ModelCache
 from tagging_platform.api.keys import CustomerStore
+from tagging_platform.api.limits import TagRateLimit
 from tagging_platform.api.metrics import ApiMetrics, MetricsMiddleware
 from tagging_platform.api.middleware import BodyLimit, redact_access_log
 from tagging_platform.api.routes import batches as batch_routes
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
     app.state.metrics = metrics
     app.state.customers = customers
     app.state.batches = Batches(client, settings, customers, dagster or DagsterClient(settings.dagster_url, timeout_s=15))
+    app.state.tag_rate = TagRateLimit(settings.api_tag_rate_per_s, settings.api_tag_burst)
     app.state.models = ModelCache(
         client, settings, on_load=lambda ref, seconds: metrics.model_load_seconds.labels(ref.name).observe(seconds)
     )

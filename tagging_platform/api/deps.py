@@ -9,6 +9,7 @@ from tagging_platform.api.batches import Batches
 from tagging_platform.api.errors import ApiError
 from tagging_platform.api.inference import ModelCache
 from tagging_platform.api.keys import Customer, CustomerStore
+from tagging_platform.api.limits import TagRateLimit
 from tagging_platform.api.metrics import ApiMetrics
 from tagging_platform.settings import Settings
 
@@ -36,6 +37,10 @@ def _metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
 
+def _tag_rate(request: Request) -> TagRateLimit:
+    return request.app.state.tag_rate
+
+
 def _s3(request: Request):
     return request.app.state.s3
 
@@ -46,6 +51,7 @@ BatchStore = Annotated[Batches, Depends(_batches)]
 Models = Annotated[ModelCache, Depends(_models)]
 Metrics = Annotated[ApiMetrics, Depends(_metrics)]
 S3 = Annotated[object, Depends(_s3)]
+TagRate = Annotated[TagRateLimit, Depends(_tag_rate)]
 
 
 def customer(

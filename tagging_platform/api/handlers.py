@@ -15,7 +15,7 @@ log = logging.getLogger("tagging_platform.api")
 
 async def api_error(request: Request, exc: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    if isinstance(exc.details, dict) and "retry_after_s" in exc.details:  # busy
+    if isinstance(exc.details, dict) and "retry_after_s" in exc.details:  # busy, rate_limited, too_many_batches
         headers = {"Retry-After": str(exc.details["retry_after_s"])}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 

@@ -184,6 +184,7 @@ _STATUS_MEANING = {
     405: "Another method than the path's: method_not_allowed",
     413: "Too large: request_too_large, too_many_images, image_too_large, manifest_too_large",
     422: "Invalid: invalid_request, invalid_manifest, manifest_not_found, invalid_model, unknown_model, invalid_image",
+    429: "Over one of your limits (retry after Retry-After seconds): rate_limited, too_many_batches",
     503: "Not now: busy (retry after Retry-After seconds), dagster_unavailable, not_ready",
 }
 

@@ -25,7 +25,11 @@ def _model(record: dict) -> dict:
     status_code=202,
     response_model=BatchAccepted,
     summary="Submit a batch: a manifest in the body or an s3:// URI of one",
-    responses=error_responses(400, 401, 403, 405, 413, 422),
+    description=(
+        "A customer may have `TP_API_MAX_ACTIVE_BATCHES` unfinished batches (submitted, run not over); "
+        "beyond, 429 `too_many_batches` with `Retry-After`."
+    ),
+    responses=error_responses(400, 401, 403, 405, 413, 422, 429),
 )
 def submit_batch(body: BatchRequest, who: Authenticated, request: Request, settings: AppSettings, batches: BatchStore):
     record = batches.submit(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from tagging_platform import models
-from tagging_platform.api.deps import S3, AppSettings, Authenticated, Metrics, Models
+from tagging_platform.api.deps import S3, AppSettings, Authenticated, Metrics, Models, TagRate
 from tagging_platform.api.errors import ApiError
 from tagging_platform.api.schemas import TagResponse, error_responses
 
@@ -25,9 +25,12 @@ _MODEL_SPEC = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}(@[A-Za-z0-9:._-]{1,100})?\Z
         "`TP_API_MAX_TAG_PIXELS` pixels (89,478,485 by default; width x height, read from the file's header "
         "before anything is decoded: larger is 413 `image_too_large`, submit it in a batch). Images are "
         "decoded within a pixel budget shared by every request of the server; when it stays taken too long "
-        "the answer is 503 `busy` with `Retry-After`."
+        "the answer is 503 `busy` with `Retry-After`. Requests for the same model that arrive together share one "
+        "forward pass (`TP_API_TAG_BATCH_WINDOW_MS`, `TP_API_TAG_MAX_BATCH`). Each customer may send "
+        "`TP_API_TAG_RATE_PER_S` requests a second in bursts of `TP_API_TAG_BURST`: beyond, 429 `rate_limited` "
+        "with `Retry-After`."
     ),
-    responses=error_responses(400, 401, 405, 413, 422, 503),
+    responses=error_responses(400, 401, 405, 413, 422, 429, 503),
 )
 async def tag_images(
     who: Authenticated,
@@ -36,8 +39,10 @@ async def tag_images(
     s3: S3,
     cache: Models,
     metrics: Metrics,
+    rate: TagRate,
     model: Annotated[str | None, Query(description='"name" or "name@version"')] = None,
 ):
+    rate.take(who.name)
     spec = model or settings.default_model
     if not _MODEL_SPEC.match(spec):
         raise ApiError(422, "invalid_model", f"{spec[:100]!r} is not a model name or name@version", {"field": "model"})
