@@ -16,8 +16,8 @@ BURST = 2
 
 
 @pytest.fixture(scope="module")
-def limited_api(api_settings):
-    settings = api_settings.replace(api_tag_rate_per_s=0.01, api_tag_burst=BURST, api_max_active_batches=1)
+def limited_api(api_settings, model_ref):
+    settings = api_settings.replace(api_tag_rate_per_s=0.0001, api_tag_burst=BURST, api_max_active_batches=1)
     with ApiServer.serving(settings) as server:
         yield server
 
