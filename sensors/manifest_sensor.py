@@ -135,7 +135,11 @@ def _result(
             run_key=obj.run_key,
             job_name=tag_manifest_job.name,
             partition_key=partition,
-            tags={"tagging/manifest": obj.uri, "tagging/manifest_etag": obj.etag},
+            tags={
+                "tagging/manifest": obj.uri,
+                "tagging/manifest_etag": obj.etag,
+                **intake.customer_tags(obj, settings.manifest_prefix),
+            },
         )
         for obj, partition in zip(unique, partitions, strict=True)
     ]

@@ -152,3 +152,15 @@ def read_partition(s3_client, warehouse_bucket: str, partition: str) -> dict[str
 
 def partition_for(obj: ManifestObject, manifest_prefix: str) -> str:
     return partition_key_for(obj.key, manifest_prefix)
+
+
+# The run tag naming the customer whose manifest a run tags: Dagster's run queue limits runs per value of it
+# (tag_concurrency_limits in local.py and deploy/values.yaml), so one customer's burst waits behind its own runs.
+CUSTOMER_TAG = "tagging/customer"
+
+
+def customer_tags(obj: ManifestObject, manifest_prefix: str) -> dict[str, str]:
+    """The run tag naming the manifest's customer: the folder under the manifest prefix the API writes it into
+    (`<prefix><customer>/<name>.json`). A manifest put straight under the prefix has no customer: no tag."""
+    folder, _, rest = obj.key.removeprefix(manifest_prefix).partition("/")
+    return {CUSTOMER_TAG: folder} if folder and rest else {}

@@ -35,6 +35,12 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+      # At most TP_RUNS_PER_CUSTOMER runs of one customer's batches at a time (run tag tagging/customer,
+      # tagging_platform/intake.py): a customer's burst queues behind its own runs while others' start.
+      - key: tagging/customer
+        value:
+          applyLimitPerUniqueValue: true
+        limit: {runs_per_customer}
   # One GPU budget for all batches: every tag_chunk step takes a slot of the "gpu" pool (assets/tagging.py),
   # the only pool, whose limit is TP_MAX_GPUS; a step that finds none free waits for one.
   pools:
@@ -59,8 +65,9 @@ storage:
 
 
 def instance_yaml(settings: Settings, postgres_url: str | None = None) -> str:
-    """The local Dagster instance's dagster.yaml: run queue, GPU pool sized from TP_MAX_GPUS, storage."""
-    text = _INSTANCE_YAML.format(max_gpus=settings.max_gpus)
+    """The local Dagster instance's dagster.yaml: run queue (per-customer limit TP_RUNS_PER_CUSTOMER), GPU pool sized
+    from TP_MAX_GPUS, storage."""
+    text = _INSTANCE_YAML.format(max_gpus=settings.max_gpus, runs_per_customer=settings.runs_per_customer)
     if postgres_url:
         # SQLAlchemy reads a bare postgresql:// as psycopg 3; dagster-postgres ships psycopg2.
         text += _POSTGRES_YAML.format(url=postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))

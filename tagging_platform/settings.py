@@ -183,6 +183,20 @@ class Settings(BaseSettings):
     api_model_idle_s: int = 900
     # Load the default model when the API starts, so the first POST /v1/tag is fast; false: on first use.
     api_preload_default_model: bool = True
+    # POST /v1/tag requests of one model that arrive within this window share one forward pass, of at most
+    # api_tag_max_batch images (a request is never split; one larger than that runs alone). 0: no waiting,
+    # only requests that arrived during the previous pass are batched.
+    api_tag_batch_window_ms: float = 5.0
+    api_tag_max_batch: int = 32
+    # Per customer and API process: POST /v1/tag requests a second (a token bucket holding api_tag_burst),
+    # and unfinished batches (POST /v1/batches accepted, run not over). Beyond either: 429 with Retry-After.
+    # 0: no limit.
+    api_tag_rate_per_s: float = 50.0
+    api_tag_burst: int = 100
+    api_max_active_batches: int = 20
+    # Runs of one customer's batches (run tag tagging/customer) Dagster's run queue starts at once, locally
+    # (local.py) and in deploy/values.yaml: one customer's burst waits behind its own runs, not others'.
+    runs_per_customer: int = 1
     # Customers and their hashed API keys, in the warehouse bucket.
     api_customers_prefix: str = "api/customers/"
     # The canary (tagging_platform/canary.py): on this cron schedule (UTC) known photographs are tagged as a
@@ -252,6 +266,12 @@ class Settings(BaseSettings):
             raise ValueError(f"TP_BATCH_SIZE must be 0 (measured) or a batch size, not {self.batch_size}")
         if self.api_max_tag_pixels > self.api_decode_budget_pixels:
             raise ValueError("TP_API_MAX_TAG_PIXELS must not exceed TP_API_DECODE_BUDGET_PIXELS: that image could never decode")
+        for name in ("api_tag_batch_window_ms", "api_tag_rate_per_s", "api_max_active_batches"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"TP_{name.upper()} must not be negative (0: none), not {getattr(self, name)!r}")
+        for name in ("api_tag_max_batch", "api_tag_burst", "runs_per_customer"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"TP_{name.upper()} must be at least 1, not {getattr(self, name)!r}")
         if self.api_public_url and not self.api_public_url.startswith(("http://", "https://")):
             raise ValueError(f"TP_API_PUBLIC_URL must start with http:// or https://, not {self.api_public_url!r}")
         for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):

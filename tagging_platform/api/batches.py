@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from tagging_platform import layout, models, publishing
 from tagging_platform.api.errors import ApiError
 from tagging_platform.api.keys import Customer, CustomerStore
+from tagging_platform.api.limits import ActiveBatchLimit
 from tagging_platform.dagster_client import DagsterClient, DagsterError
 from tagging_platform.manifests import (
     Manifest,
@@ -73,10 +74,15 @@ class Batches:
         # A finished run's checks and failures never change: read its event log once.
         self._finished: OrderedDict[str, tuple[list, list]] = OrderedDict()
         self._lock = threading.Lock()
+        self.active = ActiveBatchLimit(settings.api_max_active_batches, self._newest_ids, self._run_over)
 
     # --- submit -----------------------------------------------------------------------------------------
 
-    def submit(
+    def submit(self, customer: Customer, **request: Any) -> dict[str, Any]:
+        """The batch accepted (its record), or 429 when the customer has as many unfinished batches as it may."""
+        return self.active.admit(customer.name, lambda: self._submit(customer, **request))
+
+    def _submit(
         self,
         customer: Customer,
         *,
@@ -149,6 +155,20 @@ class Batches:
             self.s3.delete_object(Bucket=settings.warehouse_bucket, Key=record_key)
             raise
         return record
+
+    def _newest_ids(self, customer: str, count: int) -> list[str]:
+        """The customer's `count` newest batch ids (a batch id starts with its submission time)."""
+        prefix = self.customers.batches_prefix(customer)
+        keys = sorted((item["Key"] for item in list_objects(self.s3, self.settings.warehouse_bucket, prefix)), reverse=True)
+        return [key[len(prefix) :].removesuffix(".json") for key in keys[:count]]
+
+    def _run_over(self, batch_id: str) -> bool:
+        """Whether the batch's run has finished; a batch with no run yet, or whose run is unknown, has not."""
+        try:
+            run = self.dagster.latest_run(JOB, {PARTITION_TAG: batch_id})
+        except DagsterError:
+            return False
+        return bool(run) and STATES.get(run["status"]) in ("finished", "failed")
 
     def _read_manifest(self, customer: Customer, uri: str) -> Manifest:
         try:

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     INTERNAL_ERROR = "internal_error"
     BUSY = "busy"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_BATCHES = "too_many_batches"
     DAGSTER_UNAVAILABLE = "dagster_unavailable"
     NOT_READY = "not_ready"
 

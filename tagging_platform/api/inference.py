@@ -3,7 +3,8 @@
 Some models sit idle for weeks while others get bursts: a process keeps at most `api_model_cache`
 loaded models (least recently used goes first) and drops one unused for `api_model_idle_s`, so an
 idle model does not hold memory forever. A model is loaded once however many requests ask for it
-at the same moment, and inference runs one batch at a time per process (replicas scale out).
+at the same moment. Each request decodes its own images; the forward pass is shared with the requests of
+the same model that arrive with it (api/batching.py), one pass at a time per process (replicas scale out).
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from typing import Any
 from PIL import Image
 
 from tagging_platform import models
+from tagging_platform.api.batching import TagBatcher
 from tagging_platform.api.errors import ApiError
 from tagging_platform.api.memory import PixelBudget
 from tagging_platform.engine import Tagger
 from tagging_platform.settings import Settings
+
+# One model load at a time in the process: a load traces the network (torch.jit.trace), whose check retraces and
+# compares graphs by names that another thread's trace changes meanwhile, failing the load.
+_LOADS = threading.Lock()
 
 
 @dataclass
@@ -42,7 +48,7 @@ class ModelCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
-        self._infer = threading.Lock()
+        self.batcher = TagBatcher(settings.api_tag_batch_window_ms / 1000, settings.api_tag_max_batch)
         self.budget = PixelBudget(settings.api_decode_budget_pixels, settings.api_decode_wait_s)
 
     def loaded(self) -> list[str]:
@@ -64,13 +70,14 @@ class ModelCache:
                 if key in self._entries:
                     return self._entries[key].tagger
             try:
-                tagger = Tagger.load(
-                    self.s3,
-                    ref,
-                    device=self.settings.device,
-                    top_k=self.settings.top_k,
-                    min_confidence=self.settings.min_confidence,
-                )
+                with _LOADS:
+                    tagger = Tagger.load(
+                        self.s3,
+                        ref,
+                        device=self.settings.device,
+                        top_k=self.settings.top_k,
+                        min_confidence=self.settings.min_confidence,
+                    )
             except models.ModelError as exc:
                 raise ApiError(422, "unknown_model", str(exc), {"field": "model"}) from None
             if self.on_load:
@@ -122,14 +129,11 @@ class ModelCache:
     def tag(self, ref: models.ModelRef, files: list[tuple[str, bytes]]) -> dict[str, Any]:
         """Tags for each (filename, bytes), in order; an image that cannot be decoded is a 422 naming it, one over
         the pixel limit a 413 (read from its header: nothing of it is decoded)."""
-        import torch
-
         tagger = self.get(ref)
         started = time.perf_counter()
         pixels = [self._decode(tagger, index, filename, data) for index, (filename, data) in enumerate(files)]
         decoded = time.perf_counter()
-        with self._infer:
-            predictions = tagger.predict(torch.stack(pixels))
+        predictions, _ = self.batcher.predict(f"{ref.name}@{ref.version}", tagger, pixels)
         finished = time.perf_counter()
         results = []
         for (filename, data), (kept, top, top_confidence) in zip(files, predictions, strict=True):
@@ -149,5 +153,6 @@ class ModelCache:
         return {
             "model": {"name": ref.name, "version": ref.version},
             "results": results,
+            # inference: the wait for the shared pass and the pass.
             "timing_ms": {"decode": round((decoded - started) * 1000, 1), "inference": round((finished - decoded) * 1000, 1)},
         }

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -59,15 +60,18 @@ class ApiMetrics:
 class MetricsMiddleware:
     """Counts and times every request, labelled by the route that matched (or `unmatched`)."""
 
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        # The routes themselves, not the app's router: routers included in FastAPI's router are matched lazily
+        # there, and a request is labelled before it is routed (the body limit may answer it first).
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = _route_template(scope)
+        route = _route_template(self.routes, scope)
         status = {"code": 500}
         submission = route == SUBMIT_ROUTE and scope["method"] == "POST"
         error_body = bytearray()
@@ -103,8 +107,8 @@ def _error_code(body: bytes) -> str:
         return "unknown"
 
 
-def _route_template(scope: Scope) -> str:
-    for route in scope["app"].router.routes:
+def _route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    for route in routes:
         match, _ = route.matches(scope)
         if match == Match.FULL:
             return getattr(route, "path", "unmatched")

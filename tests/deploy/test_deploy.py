@@ -354,3 +354,25 @@ def test_production_runs_one_run_per_batch_and_retries_a_failed_run_as_the_fault
     assert (pools["defaultLimit"], pools["granularity"]) == (production.max_gpus, "op")
     assert local["concurrency"]["pools"] == {"default_limit": production.max_gpus, "granularity": "op"}
     assert daemon["runRetries"] == {"enabled": True, "maxRetries": local["run_retries"]["max_retries"]}
+
+
+def test_dagster_limits_each_customers_runs_alike_locally_and_in_production():
+    """One customer's burst waits behind its own runs: a per-customer run limit on the run tag the sensor sets."""
+    from tagging_platform.intake import CUSTOMER_TAG
+    from tagging_platform.local import instance_yaml
+
+    values = yaml.safe_load((DEPLOY / "values.yaml").read_text())["concurrency"]["runs"]
+    production = Settings.from_env(settings_configmap())
+    local = yaml.safe_load(instance_yaml(Settings()))["concurrency"]["runs"]
+    for settings, limits in (
+        (production, values["tagConcurrencyLimits"]),
+        (production, yaml.safe_load(instance_yaml(production))["concurrency"]["runs"]["tag_concurrency_limits"]),
+        (Settings(), local["tag_concurrency_limits"]),
+    ):
+        per_customer = [limit for limit in limits if limit["key"] == CUSTOMER_TAG]
+        assert per_customer == [
+            {"key": CUSTOMER_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": settings.runs_per_customer}
+        ]
+    # Room is left for other customers' runs, in production and locally.
+    assert production.runs_per_customer < values["maxConcurrentRuns"]
+    assert Settings().runs_per_customer < local["max_concurrent_runs"]

@@ -41,6 +41,7 @@ def test_new_manifest_then_nothing_then_a_changed_manifest(definitions, register
     data = _tick(definitions, instance, cursor)
     assert [(r.job_name, r.partition_key) for r in data.run_requests] == [("tag_manifest", batch)]
     first_run_key = data.run_requests[0].run_key
+    assert intake.CUSTOMER_TAG not in data.run_requests[0].tags  # straight under the prefix: no customer's folder
     assert batch in instance.get_dynamic_partitions("manifests")
     record = intake.read_partition(s3, settings.warehouse_bucket, batch)
     assert record["manifest"] == f"s3://manifests/{key}"
@@ -53,3 +54,14 @@ def test_new_manifest_then_nothing_then_a_changed_manifest(definitions, register
     assert [r.partition_key for r in data.run_requests] == [batch]
     assert data.run_requests[0].run_key != first_run_key
     assert data.dynamic_partitions_requests == []
+
+
+def test_a_run_is_tagged_with_the_customer_whose_folder_holds_its_manifest(definitions, registered_instance, s3, settings):
+    data = _tick(definitions, registered_instance)  # whatever earlier tests left in the bucket
+    customer = f"cust-{uuid.uuid4().hex[:6]}"
+    s3.put_object(
+        Bucket="manifests", Key=f"{settings.manifest_prefix}{customer}/b.json",
+        Body=json.dumps({"images": ["s3://images/a.jpg"]}).encode(),
+    )
+    [request] = _tick(definitions, registered_instance, data.cursor).run_requests
+    assert request.tags[intake.CUSTOMER_TAG] == customer
