@@ -89,8 +89,9 @@ def dagster_webserver(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api_settings(settings: Settings, embedded_s3, dagster_webserver) -> Settings:
+    # The stand-in job's runs are the tests' own (run_stub): the API launches none of its own here.
     return settings.replace(
-        dagster_url=dagster_webserver[0], api_max_body_bytes=MAX_BODY, api_max_tag_images=3
+        dagster_url=dagster_webserver[0], api_max_body_bytes=MAX_BODY, api_max_tag_images=3, api_launch_runs=False
     )
 
 
