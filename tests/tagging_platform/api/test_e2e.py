@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from tagging_platform import intake, photos
-from tagging_platform.embedded import free_port
 from tagging_platform.api.keys import CustomerStore
+from tagging_platform.embedded import free_port
 from tagging_platform.local import LocalPlatform
 
 from tests.conftest import REPO
