@@ -381,6 +381,8 @@ def _run(stack: Stack, args, result: dict, started: float) -> None:
         result["phases"] = phases
         samples = watch.samples
     _plot(args.out.with_suffix(".png"), result, samples, started)
+    for phase in phases:
+        phase.pop("samples", None)  # every request's latency is in the plot; the JSON keeps the figures
 
 
 def _steady(watch: ProcessWatch, within: float = 0.01, timeout_s: float = 60.0) -> dict:
