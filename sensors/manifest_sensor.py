@@ -30,7 +30,7 @@ def build_manifest_sensor(settings: Settings) -> dg.SensorDefinition:
 
 def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
-        name="manifest_sensor",
+        name=intake.LISTING_SENSOR,
         **every_interval(settings),
         description=f"Lists s3://{settings.manifest_bucket}/{settings.manifest_prefix} a few pages per tick.",
         job=tag_manifest_job,
@@ -48,6 +48,12 @@ def _listing_sensor(settings: Settings) -> dg.SensorDefinition:
             max_keys=settings.sensor_max_keys_per_tick,
             budget_s=settings.sensor_tick_budget_s,
         )
+        found, left = intake.launched_elsewhere(client, found, settings.api_launch_grace_s)
+        for obj in left:
+            # Listed again by the next scans until its grace is over (intake.launched_elsewhere).
+            cursor.seen.pop(obj.key, None)
+        if left:
+            context.log.debug(f"{len(left)} manifest(s) the API launches itself, requested after their grace")
         return _result(context, client, settings, found, cursor.serialize())
 
     return manifest_sensor
@@ -135,11 +141,7 @@ def _result(
             run_key=obj.run_key,
             job_name=tag_manifest_job.name,
             partition_key=partition,
-            tags={
-                "tagging/manifest": obj.uri,
-                "tagging/manifest_etag": obj.etag,
-                **intake.customer_tags(obj, settings.manifest_prefix),
-            },
+            tags=intake.run_tags(obj, settings.manifest_prefix),
         )
         for obj, partition in zip(unique, partitions, strict=True)
     ]

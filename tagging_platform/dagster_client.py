@@ -80,6 +80,34 @@ query Backfill($id: String!) {
 }"""
 
 
+_REPOSITORIES = """
+query Repositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on PythonError { message }
+  }
+}"""
+
+_ADD_PARTITION = """
+mutation AddPartition($repository: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repository, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on Error { message }
+  }
+}"""
+
+_LAUNCH_RUN = """
+mutation LaunchRun($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+
 class DagsterError(RuntimeError):
     """The Dagster webserver could not be reached or answered with an error."""
 
@@ -149,6 +177,35 @@ class DagsterClient:
     def backfill_status(self, backfill_id: str) -> str:
         result = self.query(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
         return _expect(result, "PartitionBackfill")["status"]
+
+    def repository_of(self, job: str) -> dict[str, str]:
+        """The repository selector ({repositoryLocationName, repositoryName}) of the code location defining `job`."""
+        nodes = _expect(self.query(_REPOSITORIES)["repositoriesOrError"], "RepositoryConnection")["nodes"]
+        for node in nodes:
+            if any(j["name"] == job for j in node["jobs"]):
+                return {"repositoryLocationName": node["location"]["name"], "repositoryName": node["name"]}
+        raise DagsterError(f"no code location at {self.url} defines job {job!r}")
+
+    def add_dynamic_partition(self, repository: dict[str, str], partitions: str, key: str) -> None:
+        """Add `key` to a dynamic partitions definition; one that is there already is left as it is."""
+        result = self.query(_ADD_PARTITION, {"repository": repository, "name": partitions, "key": key})
+        result = result["addDynamicPartition"]
+        if result["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise DagsterError(result.get("message", result["__typename"]))
+
+    def launch_run(
+        self, repository: dict[str, str], job: str, tags: dict[str, str], run_config: dict[str, Any] | None = None
+    ) -> str:
+        """Launch (or queue, under a queued run coordinator) a run of `job`; its run id."""
+        params = {
+            "selector": {**repository, "jobName": job},
+            "runConfigData": run_config or {},
+            "executionMetadata": {"tags": _tag_list(tags)},
+        }
+        result = self.query(_LAUNCH_RUN, {"params": params})["launchRun"]
+        if result["__typename"] == "RunConfigValidationInvalid":
+            raise DagsterError("; ".join(e["message"] for e in result["errors"]))
+        return _expect(result, "LaunchRunSuccess")["run"]["runId"]
 
     def _asset_node(self, query: str, asset: str, **variables: Any) -> dict[str, Any]:
         result = self.query(query, {"key": {"path": [asset]}, **variables})["assetNodeOrError"]

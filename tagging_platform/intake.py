@@ -9,9 +9,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from tagging_platform import layout
 from tagging_platform.manifests import partition_key_for
-from tagging_platform.s3 import read_bytes
+from tagging_platform.s3 import is_not_found, read_bytes
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".manifest.gz")
 
@@ -19,6 +21,13 @@ MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".
 # S3's clock and ours may disagree; objects this close to the watermark are looked at twice, and the
 # remembered ETags (plus Dagster's run keys) keep the second look from starting a second run.
 CLOCK_SKEW_S = 300.0
+
+
+# The listing sensor's name: a run launched for a manifest by anyone else carries it (and the sensor's run key),
+# so that the sensor counts the run as its own and never starts a second one (Dagster matches both tags).
+LISTING_SENSOR = "manifest_sensor"
+# S3 user metadata on a manifest whose run the API launches itself: the sensor waits before requesting it.
+LAUNCHED_BY = "tp-launched-by"
 
 
 def is_manifest_key(key: str) -> bool:
@@ -132,6 +141,34 @@ def scan_manifests(
     return found, cursor
 
 
+def launched_elsewhere(
+    s3_client, found: list[ManifestObject], grace_s: float, now: float | None = None
+) -> tuple[list[ManifestObject], list[ManifestObject]]:
+    """Split what a listing found into what to request now and what someone else launches (left alone for now).
+
+    The API launches a batch's run right after writing its manifest, with this manifest's run key. A sensor
+    tick listing the manifest in between would see no run with that key yet and start a second one; so a
+    manifest marked as launched by the API is left alone until `grace_s` after it was written. Then the sensor
+    requests it as any other, and the run key finds the API's run, or starts the one a failed launch left out.
+    """
+    now = time.time() if now is None else now
+    young = [obj for obj in found if obj.last_modified > now - grace_s]
+    marked = {obj.key for obj in young if _launched_by(s3_client, obj)}
+    return [obj for obj in found if obj.key not in marked], [obj for obj in found if obj.key in marked]
+
+
+def _launched_by(s3_client, obj: ManifestObject) -> bool:
+    try:
+        head = s3_client.head_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+    except ClientError as exc:
+        # Gone or changed since it was listed: this version is nobody's to launch but the sensor's. Anything
+        # else fails the tick (the next one lists it again) rather than risk racing the API's launch.
+        if is_not_found(exc) or exc.response.get("Error", {}).get("Code") in ("412", "PreconditionFailed"):
+            return False
+        raise
+    return bool(head.get("Metadata", {}).get(LAUNCHED_BY))
+
+
 def record_partition(s3_client, warehouse_bucket: str, partition: str, obj: ManifestObject) -> None:
     """Remember which manifest a partition stands for, for the assets and the API to read back."""
     record = {"partition": partition, "manifest": obj.uri, "bucket": obj.bucket, "key": obj.key, "etag": obj.etag}
@@ -164,3 +201,8 @@ def customer_tags(obj: ManifestObject, manifest_prefix: str) -> dict[str, str]:
     (`<prefix><customer>/<name>.json`). A manifest put straight under the prefix has no customer: no tag."""
     folder, _, rest = obj.key.removeprefix(manifest_prefix).partition("/")
     return {CUSTOMER_TAG: folder} if folder and rest else {}
+
+
+def run_tags(obj: ManifestObject, manifest_prefix: str) -> dict[str, str]:
+    """The tags of a manifest's run, whoever starts it (the sensor, or the API launching it itself)."""
+    return {"tagging/manifest": obj.uri, "tagging/manifest_etag": obj.etag, **customer_tags(obj, manifest_prefix)}

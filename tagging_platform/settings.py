@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     # notifications from an SQS queue (production with large buckets: nothing is listed).
     intake: Literal["listing", "events"] = "listing"
     sensor_interval_s: int = 5
+    # The API launches a submitted batch's run itself (listing intake only), with the run key the manifest sensor
+    # would use; the sensor leaves such a manifest alone this long, then requests the run as usual, so a launch
+    # that failed is retried by the sensor and one that succeeded keeps its run key's single run.
+    api_launch_runs: bool = True
+    api_launch_grace_s: float = 60.0
+    # A batch the API launches with at most this many images (one chunk at the default TP_MIN_CHUNK_IMAGES) runs
+    # every step in its run's own process, not a process per step: little runs side by side in it anyway, and
+    # starting the step processes costs more than its tagging. 0: every run starts a process per step.
+    in_process_max_images: int = 500
     sensor_max_keys_per_tick: int = 10_000
     # A listing tick also stops after the page during which this many seconds ran out, far from Dagster's
     # 60 s limit on a sensor evaluation: a page costs more the larger the bucket. The next tick resumes there.
@@ -274,6 +283,12 @@ class Settings(BaseSettings):
                 raise SettingsError(f"TP_{name.upper()} must be at least 1, not {getattr(self, name)!r}")
         if self.api_public_url and not self.api_public_url.startswith(("http://", "https://")):
             raise ValueError(f"TP_API_PUBLIC_URL must start with http:// or https://, not {self.api_public_url!r}")
+        # The sensor lists a manifest it left alone again only while it is newer than its listing's watermark
+        # (tagging_platform/intake.py, CLOCK_SKEW_S).
+        if not 0 < self.api_launch_grace_s < 300:
+            raise ValueError(f"TP_API_LAUNCH_GRACE_S must be above 0 and below 300 s, not {self.api_launch_grace_s!r}")
+        if self.in_process_max_images < 0:
+            raise ValueError(f"TP_IN_PROCESS_MAX_IMAGES must be 0 or more, not {self.in_process_max_images!r}")
         for name in ("manifest_prefix", "output_prefix", "api_customers_prefix", "canary_image_prefix"):
             value = getattr(self, name)
             if value and not value.endswith("/"):

@@ -94,6 +94,8 @@ def api_settings(settings: Settings, embedded_s3, dagster_webserver) -> Settings
     return settings.replace(
         dagster_url=dagster_webserver[0], api_max_body_bytes=MAX_BODY, api_max_tag_images=3,
         api_max_active_batches=0, api_tag_rate_per_s=0,
+        # The stand-in job's runs are the tests' own (run_stub): the API launches none of its own here.
+        api_launch_runs=False,
     )
 
 

@@ -78,11 +78,22 @@ def test_one_setting_switches_intake_to_s3_events():
     assert definitions.resolve_sensor_def("manifest_events_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 
-@pytest.mark.parametrize("deployment, executor", [("local", "multiprocess"), ("k8s", "k8s")])
+@pytest.mark.parametrize("deployment, executor", [("local", "local_step_executor"), ("k8s", "k8s")])
 def test_each_deployment_chooses_its_executor(deployment, executor):
     definitions = build_definitions(Settings.from_env({"TP_DEPLOYMENT": deployment}))
     assert definitions.resolve_job_def("tag_manifest").executor_def.name == executor
     assert _asset_names(definitions) == ASSETS
+
+
+def test_the_run_config_the_api_launches_small_batches_with_is_the_local_executors():
+    from tagging_platform.api.launch import IN_PROCESS
+
+    job = build_definitions(Settings.from_env({"TP_DEPLOYMENT": "local"})).resolve_job_def("tag_manifest")
+    # A launch with config the executor refuses would leave the batch to the sensor's grace: a minute lost.
+    assert set(dg.validate_run_config(job, IN_PROCESS)["execution"]["local_step_executor"]) == {"in_process"}
+    # Any other run (the sensor's, a backfill, the UI's) has a process per step, forked from the preloaded server.
+    default = dg.validate_run_config(job, {})["execution"]["local_step_executor"]
+    assert default["multiprocess"]["start_method"] == {"forkserver": {"preload_modules": ["definitions"]}}
 
 
 def test_tag_chunk_steps_ask_kubernetes_for_a_gpu_on_the_gpu_pool():

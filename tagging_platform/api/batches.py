@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -22,8 +23,9 @@ from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
-from tagging_platform import layout, models, publishing
+from tagging_platform import intake, layout, models, publishing
 from tagging_platform.api.errors import ApiError
+from tagging_platform.api.launch import Launcher
 from tagging_platform.api.keys import Customer, CustomerStore
 from tagging_platform.api.limits import ActiveBatchLimit
 from tagging_platform.dagster_client import DagsterClient, DagsterError
@@ -71,6 +73,7 @@ class Batches:
         self.settings = settings
         self.customers = customers
         self.dagster = dagster
+        self.launcher = Launcher(s3_client, settings, dagster)
         # A finished run's checks and failures never change: read its event log once.
         self._finished: OrderedDict[str, tuple[list, list]] = OrderedDict()
         self._lock = threading.Lock()
@@ -146,14 +149,22 @@ class Batches:
         self.s3.put_object(
             Bucket=settings.warehouse_bucket, Key=record_key, Body=json.dumps(record).encode(), ContentType="application/json"
         )
+        body = json.dumps(document).encode()
+        launching = self.launcher.enabled
         try:
-            self.s3.put_object(
-                Bucket=settings.manifest_bucket, Key=manifest_key, Body=json.dumps(document).encode(),
-                ContentType="application/json",
+            written = self.s3.put_object(
+                Bucket=settings.manifest_bucket, Key=manifest_key, Body=body, ContentType="application/json",
+                # Tells the manifest sensor to leave this manifest to the launch below for a while.
+                Metadata={intake.LAUNCHED_BY: "api"} if launching else {},
             )
         except Exception:
             self.s3.delete_object(Bucket=settings.warehouse_bucket, Key=record_key)
             raise
+        if launching:
+            obj = intake.ManifestObject(
+                settings.manifest_bucket, manifest_key, written["ETag"].strip('"'), len(body), time.time()
+            )
+            self.launcher.launch(obj, batch_id, len(parsed.images))
         return record
 
     def _newest_ids(self, customer: str, count: int) -> list[str]:

@@ -65,3 +65,27 @@ def test_a_run_is_tagged_with_the_customer_whose_folder_holds_its_manifest(defin
     )
     [request] = _tick(definitions, registered_instance, data.cursor).run_requests
     assert request.tags[intake.CUSTOMER_TAG] == customer
+
+
+def test_a_manifest_the_api_launches_is_left_alone_until_its_grace_is_over(definitions, registered_instance, s3, settings):
+    instance = registered_instance
+    cursor = _tick(definitions, instance).cursor  # whatever earlier tests left in the bucket
+    body = json.dumps({"images": ["s3://images/a.jpg"]}).encode()
+    launched = f"{settings.manifest_prefix}api-{uuid.uuid4().hex[:6]}.json"
+    dropped = f"{settings.manifest_prefix}dropped-{uuid.uuid4().hex[:6]}.json"
+    s3.put_object(Bucket="manifests", Key=launched, Body=body, Metadata={intake.LAUNCHED_BY: "api"})
+    s3.put_object(Bucket="manifests", Key=dropped, Body=body)
+
+    # A tick between the API's upload and its launch: no run request of its own for the API's manifest, and
+    # the manifest is not remembered as seen, so the next scans list it again.
+    data = _tick(definitions, instance, cursor)
+    assert [r.partition_key for r in data.run_requests] == [dropped.removeprefix(settings.manifest_prefix)[:-5]]
+    assert launched not in intake.ScanCursor.parse(data.cursor).seen
+    data = _tick(definitions, instance, data.cursor)
+    assert data.run_requests == []
+
+    # After the grace the sensor requests it as any other manifest (same run key as the API's launch).
+    [obj] = [o for o in intake.scan_manifests(s3, "manifests", settings.manifest_prefix, intake.ScanCursor())[0] if o.key == launched]
+    now = obj.last_modified + settings.api_launch_grace_s + 1
+    assert intake.launched_elsewhere(s3, [obj], settings.api_launch_grace_s, now=now) == ([obj], [])
+    assert intake.launched_elsewhere(s3, [obj], settings.api_launch_grace_s, now=obj.last_modified + 1) == ([], [obj])

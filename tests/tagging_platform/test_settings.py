@@ -51,6 +51,10 @@ def test_the_process_environment_is_read_when_no_mapping_is_given(monkeypatch):
         ({"TP_PUBLISH_FORMAT": "xml"}, "TP_PUBLISH_FORMAT"),
         ({"TP_OUTPUT_PREFIX": "published"}, "TP_OUTPUT_PREFIX must end with '/'"),
         ({"TP_ERROR_RATE_WARN": "0.5", "TP_ERROR_RATE_ERROR": "0.1"}, "TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR"),
+        # The sensor lists a manifest it left alone again only within its listing's 300 s overlap.
+        ({"TP_API_LAUNCH_GRACE_S": "300"}, "TP_API_LAUNCH_GRACE_S must be above 0 and below 300 s"),
+        ({"TP_API_LAUNCH_GRACE_S": "0"}, "TP_API_LAUNCH_GRACE_S must be above 0 and below 300 s"),
+        ({"TP_IN_PROCESS_MAX_IMAGES": "-1"}, "TP_IN_PROCESS_MAX_IMAGES must be 0 or more"),
     ],
 )
 def test_a_bad_value_names_its_variable(environ, message):

@@ -123,3 +123,45 @@ def test_status_is_503_when_dagster_is_unreachable(api_settings, keys, submitted
         )
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "dagster_unavailable"
+
+
+def test_the_api_launches_the_batchs_run_with_the_sensors_run_key(api_settings, keys, customer_images, photographs, s3):
+    """Against the stand-in job: the run the API launches is the one the sensor's request for the manifest finds."""
+    import requests
+
+    from tagging_platform import intake
+    from tagging_platform.dagster_client import DagsterClient
+
+    # A process per step: the stand-in job has Dagster's default executor, not the platform's in-process choice.
+    settings = api_settings.replace(api_launch_runs=True, in_process_max_images=0)
+    uris = customer_images(dict(list(photographs.items())[:2]))
+    with ApiServer.serving(settings) as server:
+        response = requests.post(
+            f"{server.url}/v1/batches", json={"images": uris}, headers={"X-API-Key": keys["acme"]}, timeout=60
+        )
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    bucket, key = accepted["manifest"].removeprefix("s3://").split("/", 1)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["Metadata"] == {intake.LAUNCHED_BY: "api"}  # the sensor leaves it to this launch for a while
+    [run] = DagsterClient(settings.dagster_url).runs(job="tag_manifest", tags={"dagster/partition": accepted["batch_id"]})
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags["dagster/run_key"] == f"{key}@{head['ETag'].strip(chr(34))}"
+    assert tags["dagster/sensor_name"] == intake.LISTING_SENSOR
+    assert tags["tagging/manifest"] == accepted["manifest"] and tags["tagging/launched_by"] == "api"
+    assert tags[intake.CUSTOMER_TAG] == "acme"  # Dagster's per-customer run limit applies to the API's launches too
+    assert intake.read_partition(s3, settings.warehouse_bucket, accepted["batch_id"])["manifest"] == accepted["manifest"]
+
+
+def test_a_failed_launch_still_accepts_the_batch_for_the_sensor(api_settings, keys, customer_images, photographs, s3):
+    import requests
+
+    settings = api_settings.replace(api_launch_runs=True, dagster_url=f"http://127.0.0.1:{free_port()}")
+    uris = customer_images(dict(list(photographs.items())[:1]))
+    with ApiServer.serving(settings) as server:
+        response = requests.post(
+            f"{server.url}/v1/batches", json={"images": uris}, headers={"X-API-Key": keys["acme"]}, timeout=60
+        )
+    assert response.status_code == 202, response.text
+    bucket, key = response.json()["manifest"].removeprefix("s3://").split("/", 1)
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 0

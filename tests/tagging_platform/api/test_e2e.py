@@ -9,8 +9,9 @@ import time
 import pytest
 import requests
 
-from tagging_platform import photos
+from tagging_platform import intake, photos
 from tagging_platform.api.keys import CustomerStore
+from tagging_platform.embedded import free_port
 from tagging_platform.local import LocalPlatform
 
 from tests.conftest import REPO
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_batch_submitted_over_http_ends_succeeded_with_published_tags(tmp_path):
-    overrides = {"TP_MAX_CHUNK_IMAGES": "2", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2"}
+    overrides = {
+        "TP_MAX_CHUNK_IMAGES": "2", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2", "TP_API_LAUNCH_GRACE_S": "4",
+    }
     with LocalPlatform(REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home") as platform:
         settings = platform.settings.replace(dagster_url=platform.ui_url)
         client = platform.s3()
@@ -72,3 +75,31 @@ def test_a_batch_submitted_over_http_ends_succeeded_with_published_tags(tmp_path
             assert all(obj["status"] == "ok" and obj["tags"] for obj in published)
             assert {obj["model"]["version"] for obj in published} == {accepted["model"]["version"]}
             assert {obj["run_id"] for obj in published} == {body["run"]["run_id"]}
+
+            # The API launched this run itself; the sensor, once the manifest's grace was over, requested the same
+            # run key (its cursor remembers the manifest) and Dagster started nothing more: one run for the batch.
+            runs = platform.dagster.runs(job="tag_manifest", tags={"dagster/partition": accepted["batch_id"]})
+            assert [r["runId"] for r in runs] == [body["run"]["run_id"]]
+            assert {t["key"]: t["value"] for t in runs[0]["tags"]}["tagging/launched_by"] == "api"
+            manifest_key = accepted["manifest"].removeprefix("s3://manifests/")
+            assert manifest_key in _sensor_cursor(platform).seen
+
+        # An API that cannot reach Dagster to launch: the sensor starts the batch's run after the grace, once.
+        unreachable = settings.replace(dagster_url=f"http://127.0.0.1:{free_port()}")
+        with ApiServer.serving(unreachable) as api:
+            response = requests.post(f"{api.url}/v1/batches", json={"images": uris[:1]}, headers=headers, timeout=60)
+            assert response.status_code == 202, response.text
+        batch_id = response.json()["batch_id"]
+        run = platform.wait_for_run(batch_id, timeout_s=600)
+        assert run["status"] == "SUCCESS", platform.log_path.read_text()[-5000:]
+        runs = platform.dagster.runs(job="tag_manifest", tags={"dagster/partition": batch_id})
+        assert [r["runId"] for r in runs] == [run["runId"]]
+        assert "tagging/launched_by" not in {t["key"] for t in run["tags"]}
+
+
+def _sensor_cursor(platform: LocalPlatform) -> intake.ScanCursor:
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(platform.dagster_home)) as instance:
+        [state] = [s for s in instance.all_instigator_state() if s.name == intake.LISTING_SENSOR]
+        return intake.ScanCursor.parse(state.instigator_data.cursor)
