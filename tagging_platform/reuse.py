@@ -44,6 +44,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("top_confidence", pa.float64()),
         pa.field("tagged_at", pa.timestamp("ms", tz="UTC"), nullable=False),
         pa.field("origin", tags.ORIGIN_STRUCT, nullable=False),
+        # The arithmetic the tags were made in: a reused row says so too (indexes written before have none).
+        pa.field("precision", pa.string()),
     ]
 )
 # A folder holding at least this many of a chunk's images is listed instead of HEADing each image.
@@ -77,6 +79,7 @@ def record(s3_client, bucket: str, partition: str, table: pa.Table) -> int:
                 "top_tag": row["top_tag"],
                 "top_confidence": row["top_confidence"],
                 "tagged_at": row["tagged_at"],
+                "precision": row.get("precision"),
                 "origin": row.get("reused_from")
                 or {k: row[k] for k in ("manifest", "partition", "run_id", "chunk")},
             }
@@ -198,6 +201,7 @@ def split_by_index(
                 "run_id": run_id,
                 # When the tags were made, and by which run: this row only carries them into this batch.
                 "tagged_at": hit["tagged_at"],
+                "precision": hit.get("precision"),
                 "reused_from": hit["origin"],
             }
         )

@@ -58,6 +58,7 @@ def test_a_second_manifest_reuses_every_overlapping_image_and_reuse_false_tags_a
     for copy, original in zip(copies, seen, strict=True):
         obj = second[copy]
         assert obj["tags"] == first[original]["tags"] and obj["etag"] == first[original]["etag"]
+        assert obj["model"] == first[original]["model"]  # the precision the tags were made in included
         assert obj["reused_from"] == {
             "manifest": first[original]["manifest"], "partition": first_partition,
             "run_id": first_run.run_id, "chunk": first[original]["chunk"],

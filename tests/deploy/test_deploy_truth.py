@@ -107,6 +107,15 @@ def test_tag_chunk_pods_go_to_the_gpu_pool_the_settings_name():
     assert placed.container_config["resources"]["limits"] == {"nvidia.com/gpu": "1"}
 
 
+def test_the_executor_starts_at_most_twice_tp_max_gpus_step_jobs_as_the_guide_says():
+    from definitions import k8s_executor_config
+
+    settings = Settings.from_env(settings_configmap())
+    assert k8s_executor_config(settings)["max_concurrent"] == 2 * settings.max_gpus
+    guide = " ".join(GUIDE.read_text().split())
+    assert "the executor starts at most twice as many step Jobs at once" in guide
+
+
 def test_the_pods_built_here_are_those_the_manifests_and_values_ship():
     pods = shipped_pods()
     assert {"Deployment/tagging-platform-api", "Deployment/pushgateway", "Deployment/dagster-ui-auth-proxy",
