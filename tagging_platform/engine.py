@@ -289,8 +289,11 @@ class Tagger:
         from torchvision.transforms.v2 import functional as F
 
         prep = self.card.preprocessing
-        image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
-        return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        if isinstance(image, torch.Tensor):
+            return _resize_then_crop(image, prep.resize, prep.crop)
+        if prep.resize < prep.crop:  # the crop pads: no box of the source holds it
+            return F.pil_to_tensor(_resize_then_crop(image, prep.resize, prep.crop))
+        return F.pil_to_tensor(_resize_crop_box(image, prep.resize, prep.crop))
 
     def normalise(self, pixels):
         """uint8 pixels (CHW or a NCHW batch) to the model's float32 input: scaled to 0-1 and normalised."""
@@ -765,6 +768,31 @@ def _measured_batch(s3_client, ref, card: models.ModelCard, network, device: str
         choice = tuning.probe_batch(network, shape, device, precision, probe_s)
         tuning.store_choice(s3_client, ref, precision, identity, choice)
     return choice
+
+
+def _resize_then_crop(image, resize: int, crop: int):
+    """The card's preprocessing as torchvision spells it: the short side resized to `resize`, the centre cropped."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(image, [resize], antialias=True), [crop])
+
+
+def _resize_crop_box(image: Image.Image, resize: int, crop: int) -> Image.Image:
+    """`_resize_then_crop` for a PIL image, resampling only the source box that the centre crop keeps.
+
+    The resize and crop sizes are torchvision's own arithmetic, so each output pixel has the same centre and
+    the same filter support in the source as it would after the whole resize: the pixels differ by rounding
+    at most, and the resize does a fraction of the work (the crop drops a quarter to half of the resized image).
+    """
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = resize, int(resize * height / width)
+    else:
+        new_width, new_height = int(resize * width / height), resize
+    left, top = round((new_width - crop) / 2.0), round((new_height - crop) / 2.0)
+    scale_x, scale_y = width / new_width, height / new_height
+    box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
+    return image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
 
 
 def _plain_jpeg(data: bytes) -> bool:
