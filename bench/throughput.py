@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         log(f"uploaded {len(images):,} images ({sum(map(len, images)) / 2**20:,.0f} MB) in {upload_s:.1f} s")
         ref = models.publish_model(client, settings.model_bucket, *models.builtin_model())
         runner = _Runner(settings.s3_endpoint, ref, plan, args.quick)
+        # The first load on a machine measures the precision gate and probes the batch size, then stores both:
+        # done here, outside the turns, every engine turn below is a later step that reads them.
+        tuned = runner.run("tune", 0, PROCESS_ENV, rounds=1)
         # The ceiling and both engines take turns, one round each per turn, so that the machine's drift
         # (other people's work) falls on all three alike and cannot fake their ratios.
         turns = [
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.stop()
     results = summarise(contenders, memory, plan, args.quick, upload_s, time.perf_counter() - started)
+    results["tuning"] = tuned
     write_results(out, results)
     show(render(results), out, f" after {results['bench_wall_s'] / 60:.1f} min")
 
@@ -497,6 +501,33 @@ def _naive(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
     return {**_best(measured), "torch_threads": torch.get_num_threads(), "top5": top5}
 
 
+def _tune(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
+    """The first loads of the model on this machine: the gate in the device's lower precision, the probe per precision.
+
+    Its "ips" is the probe's best rate in the precision the engine will run.
+    """
+    t0 = time.time()
+    taggers = {p: engine.Tagger.load(client, ref, device="cpu", precision=p) for p in ("auto", tuning.FLOAT32)}
+    probes = {
+        tagger.precision: {
+            "batch_size": tagger.batch_size, "memory_format": tagger.memory_format,
+            "source": tagger.batch_choice.source, "ips": tagger.batch_choice.rates, "load_s": round(tagger.load_s, 1),
+        }
+        for tagger in taggers.values()
+    }
+    chosen = taggers["auto"]
+    return {
+        "ips": max(chosen.batch_choice.rates.values(), default=0.0),
+        "wall_s": round(time.time() - t0, 1),
+        "window": [t0, time.time()],
+        "precision": chosen.precision,
+        "probe": probes,
+        "gate": tuning.read_gate(client, ref),
+        "machine": tuning.machine_identity("cpu"),
+        "cpu_bf16_native": tuning.native_lower_precision("cpu") == "bfloat16",
+    }
+
+
 def _engine(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
     """The engine tuned: the precision the gate allows and the batch size measured best (probed on its first load)."""
     options = {"precision": "auto", "batch_size": 0}
@@ -817,6 +848,7 @@ def _timeline(dagster, run_id: str, t0: float) -> dict:
 
 
 CONTENDERS = {
+    "tune": _tune,
     "ceiling": _ceiling,
     "decode": _decode,
     "naive": _naive,
@@ -946,10 +978,15 @@ def render(results: dict) -> str:
         for form, by_size in results["ceiling_ips_by_batch"].items()
     ]
     targets = [(name, _shown(t["value"]), t["target"], t["met"]) for name, t in results["targets"].items()]
+    probe_rows = [
+        (precision, f"{probe['batch_size']}/{probe['memory_format']}", _shown(probe["ips"]))
+        for precision, probe in results.get("tuning", {}).get("probe", {}).items()
+    ]
     return "\n\n".join(
         [
             contenders,
             table("Ceiling, images/s per batch size", ("form", *map(str, results["plan_batch_sizes"])), ceiling_rows),
+            table("Batch probe on the first load, images/s per batch/format", ("precision", "chosen", "cells"), probe_rows),
             table("Derived", ("figure", "value"), figures),
             table("Targets", ("target", "value", "wanted", "met"), targets),
         ]

@@ -7,12 +7,13 @@ import copy
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import resource
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -288,8 +289,11 @@ class Tagger:
         from torchvision.transforms.v2 import functional as F
 
         prep = self.card.preprocessing
-        image = F.center_crop(F.resize(image, [prep.resize], antialias=True), [prep.crop])
-        return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        if isinstance(image, torch.Tensor):
+            return _resize_then_crop(image, prep.resize, prep.crop)
+        if prep.resize < prep.crop:  # the crop pads: no box of the source holds it
+            return F.pil_to_tensor(_resize_then_crop(image, prep.resize, prep.crop))
+        return F.pil_to_tensor(_resize_crop_box(image, prep.resize, prep.crop))
 
     def normalise(self, pixels):
         """uint8 pixels (CHW or a NCHW batch) to the model's float32 input: scaled to 0-1 and normalised."""
@@ -371,19 +375,37 @@ class Tagger:
         With a `checkpoint`, the rows made so far are handed to its `commit` whenever it is due and only
         the rows not yet committed are returned.
 
-        Fetch and decode run in a thread pool ahead of inference, at most two batches in flight, so
-        memory follows the batch size and never the chunk size. With a `jpeg_device`, the pool only fetches
-        plain JPEGs and the device decodes each batch of them just before inference.
+        Three stages: `_fetched` fetches and decodes in a thread pool ahead of inference (at most two batches in
+        flight, so memory follows the batch size and never the chunk size), `_tag_batch` infers a full batch,
+        and `_ChunkTally` keeps the rows, the figures, the checkpoints and the progress reports.
         """
-        import torch
+        tally = _ChunkTally(self._chunk_stats(spec), self._row_lineage(spec, run_id), checkpoint)
+        pending: list[_Decoded] = []
+        for decoded in self._fetched(s3_client, spec, tally.stats):
+            if decoded.error is not None:
+                tally.add_error(decoded)
+            else:
+                pending.append(decoded)
+            if len(pending) == self.batch_size:
+                self._tag_batch(pending, tally)
+                pending = []
+            tally.commit_if_due()
+            tally.report_if_due(progress, progress_every_s)
+        if pending:
+            self._tag_batch(pending, tally)
+        return tally.finish()
 
+    def _chunk_stats(self, spec: ChunkSpec) -> ChunkStats:
+        """A chunk's figures before any image: how the model runs here, and where that choice came from."""
         choice = self.batch_choice or tuning.BatchChoice(self.batch_size, self.memory_format)
-        stats = ChunkStats(
+        return ChunkStats(
             images=len(spec.images), model_load_s=self.load_s, precision=self.precision, batch_size=self.batch_size,
             memory_format=self.memory_format, batch_source=choice.source, probe_ips=choice.rates_text(),
         )
-        started = last_report = time.perf_counter()
-        common = {
+
+    def _row_lineage(self, spec: ChunkSpec, run_id: str) -> dict[str, Any]:
+        """What every row of the chunk carries besides its image: which model, in which precision, from where."""
+        return {
             "model_name": self.ref.name,
             "model_version": self.ref.version,
             "precision": self.precision,
@@ -392,93 +414,43 @@ class Tagger:
             "chunk": spec.index,
             "run_id": run_id,
         }
-        rows: list[dict[str, Any]] = []
-        committed = 0
-        pending: list[_Decoded] = []
 
-        def failed(decoded: _Decoded) -> None:
-            stats.errors += 1
-            rows.append(
-                {
-                    "image": decoded.image,
-                    "position": decoded.position,
-                    "etag": decoded.etag,
-                    "status": tags.STATUS_ERROR,
-                    "error": decoded.error,
-                    "tags": None,
-                    "top_tag": None,
-                    "top_confidence": None,
-                    "tagged_at": datetime.now(timezone.utc),
-                    **common,
-                }
-            )
+    def _fetched(self, s3_client, spec: ChunkSpec, stats: ChunkStats) -> Iterator[_Decoded]:
+        """The chunk's images fetched and decoded by the pool, in order, at most two batches ahead of the caller.
 
-        def emit(batch: list[_Decoded]) -> None:
-            batch, on_device, decode_s = self._decode_on_device(batch)
-            stats.device_decoded += on_device
-            stats.decode_s += decode_s
-            for decoded in batch:
-                if decoded.error is not None:
-                    failed(decoded)
-            batch = [d for d in batch if d.error is None]
-            if not batch:
-                return
-            infer_started = time.perf_counter()
-            predictions = self.predict(torch.stack([d.pixels.to(self.device, non_blocking=True) for d in batch]))
-            stats.inference_s += time.perf_counter() - infer_started
-            now = datetime.now(timezone.utc)
-            for decoded, (kept, top, top_conf) in zip(batch, predictions, strict=True):
-                rows.append(
-                    {
-                        "image": decoded.image,
-                        "position": decoded.position,
-                        "etag": decoded.etag,
-                        "status": tags.STATUS_OK,
-                        "error": None,
-                        "tags": kept,
-                        "top_tag": top,
-                        "top_confidence": top_conf,
-                        "tagged_at": now,
-                        **common,
-                    }
-                )
-
+        With a `jpeg_device`, the pool only fetches plain JPEGs and the device decodes each batch of them
+        just before inference (`_tag_batch`).
+        """
         with ThreadPoolExecutor(self.fetch_workers, thread_name_prefix="fetch-decode") as pool:
             in_flight: collections.deque[Future[_Decoded]] = collections.deque()
             work = iter(zip(spec.positions, spec.images, strict=True))
-            limit = 2 * self.batch_size
             while True:
-                while len(in_flight) < limit:
-                    item = next(work, None)
-                    if item is None:
-                        break
+                for item in itertools.islice(work, 2 * self.batch_size - len(in_flight)):
                     in_flight.append(pool.submit(self._fetch_and_decode, s3_client, *item))
                 if not in_flight:
-                    break
+                    return
                 decoded = in_flight.popleft().result()
                 stats.fetch_s += decoded.fetch_s
                 stats.decode_s += decoded.decode_s
-                if decoded.error is not None:
-                    failed(decoded)
-                else:
-                    pending.append(decoded)
-                    if len(pending) == self.batch_size:
-                        emit(pending)
-                        pending = []
-                if checkpoint and checkpoint.due(len(rows)):
-                    checkpoint.commit(rows)
-                    committed += len(rows)
-                    rows = []
-                if progress and time.perf_counter() - last_report >= progress_every_s:
-                    last_report = time.perf_counter()
-                    stats.wall_s = last_report - started
-                    stats.tagged = committed + len(rows) - stats.errors
-                    progress(stats)
-            if pending:
-                emit(pending)
-        stats.tagged = committed + len(rows) - stats.errors
-        stats.wall_s = time.perf_counter() - started
-        return rows, stats
+                yield decoded
+
+    def _tag_batch(self, batch: list[_Decoded], tally: _ChunkTally) -> None:
+        """Decode what waits for the device, infer the batch at once, and add a row for each image."""
+        import torch
+
+        batch, on_device, decode_s = self._decode_on_device(batch)
+        tally.stats.device_decoded += on_device
+        tally.stats.decode_s += decode_s
+        for decoded in batch:
+            if decoded.error is not None:
+                tally.add_error(decoded)
+        batch = [d for d in batch if d.error is None]
+        if not batch:
+            return
+        infer_started = time.perf_counter()
+        predictions = self.predict(torch.stack([d.pixels.to(self.device, non_blocking=True) for d in batch]))
+        tally.stats.inference_s += time.perf_counter() - infer_started
+        tally.add_tagged(batch, predictions)
 
     def _fetch_and_decode(self, s3_client, position: int, image: str) -> _Decoded:
         started = time.perf_counter()
@@ -508,6 +480,62 @@ class Tagger:
                 decode_s=time.perf_counter() - fetched,
             )
         return _Decoded(position, image, etag, pixels, fetch_s=fetched - started, decode_s=time.perf_counter() - fetched)
+
+
+class _ChunkTally:
+    """A chunk's rows and figures as its batches come: error and tag rows, checkpoint commits, progress reports."""
+
+    def __init__(self, stats: ChunkStats, lineage: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+        self.stats, self.lineage, self.checkpoint = stats, lineage, checkpoint
+        self.rows: list[dict[str, Any]] = []
+        self.committed = 0
+        self.started = self.last_report = time.perf_counter()
+
+    def add_error(self, decoded: _Decoded) -> None:
+        self.stats.errors += 1
+        self.rows.append(self._row(decoded, tags.STATUS_ERROR, datetime.now(timezone.utc), error=decoded.error))
+
+    def add_tagged(self, batch: list[_Decoded], predictions: list[tuple[list[dict[str, Any]], str, float]]) -> None:
+        now = datetime.now(timezone.utc)
+        for decoded, (kept, top, top_conf) in zip(batch, predictions, strict=True):
+            self.rows.append(self._row(decoded, tags.STATUS_OK, now, tags=kept, top_tag=top, top_confidence=top_conf))
+
+    def _row(self, decoded: _Decoded, status: str, tagged_at: datetime, **outcome: Any) -> dict[str, Any]:
+        """One row of the tag table; what `outcome` leaves out is null."""
+        return {
+            "image": decoded.image,
+            "position": decoded.position,
+            "etag": decoded.etag,
+            "status": status,
+            "error": None,
+            "tags": None,
+            "top_tag": None,
+            "top_confidence": None,
+            **outcome,
+            "tagged_at": tagged_at,
+            **self.lineage,
+        }
+
+    def commit_if_due(self) -> None:
+        if self.checkpoint and self.checkpoint.due(len(self.rows)):
+            self.checkpoint.commit(self.rows)
+            self.committed += len(self.rows)
+            self.rows = []
+
+    def report_if_due(self, progress: Callable[[ChunkStats], None] | None, every_s: float) -> None:
+        if progress and time.perf_counter() - self.last_report >= every_s:
+            self.last_report = time.perf_counter()
+            self._count()
+            progress(self.stats)
+
+    def finish(self) -> tuple[list[dict[str, Any]], ChunkStats]:
+        """The rows not yet committed, and the chunk's figures."""
+        self._count()
+        return self.rows, self.stats
+
+    def _count(self) -> None:
+        self.stats.wall_s = time.perf_counter() - self.started
+        self.stats.tagged = self.committed + len(self.rows) - self.stats.errors
 
 
 class Checkpoint:
@@ -740,6 +768,31 @@ def _measured_batch(s3_client, ref, card: models.ModelCard, network, device: str
         choice = tuning.probe_batch(network, shape, device, precision, probe_s)
         tuning.store_choice(s3_client, ref, precision, identity, choice)
     return choice
+
+
+def _resize_then_crop(image, resize: int, crop: int):
+    """The card's preprocessing as torchvision spells it: the short side resized to `resize`, the centre cropped."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(image, [resize], antialias=True), [crop])
+
+
+def _resize_crop_box(image: Image.Image, resize: int, crop: int) -> Image.Image:
+    """`_resize_then_crop` for a PIL image, resampling only the source box that the centre crop keeps.
+
+    The resize and crop sizes are torchvision's own arithmetic, so each output pixel has the same centre and
+    the same filter support in the source as it would after the whole resize: the pixels differ by rounding
+    at most, and the resize does a fraction of the work (the crop drops a quarter to half of the resized image).
+    """
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = resize, int(resize * height / width)
+    else:
+        new_width, new_height = int(resize * width / height), resize
+    left, top = round((new_width - crop) / 2.0), round((new_height - crop) / 2.0)
+    scale_x, scale_y = width / new_width, height / new_height
+    box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
+    return image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
 
 
 def _plain_jpeg(data: bytes) -> bool:

@@ -229,3 +229,18 @@ def test_jpegs_decoded_by_torchvision_in_batches_tag_like_pillow(s3, photographs
         assert pillow[uri]["top_tag"] in {t["name"] for t in device[uri]["tags"]}
     agree = sum(device[u]["top_tag"] == pillow[u]["top_tag"] for u in plain)
     assert agree >= len(plain) - 1
+
+
+def test_resizing_only_the_kept_box_gives_the_pixels_of_resizing_then_cropping(photographs):
+    # The decode resamples only the part of the photograph the centre crop keeps: each pixel must come out as the
+    # whole resize followed by the crop would give it (rounding aside), whatever the photograph's shape.
+    photograph = Image.open(io.BytesIO(photographs["chelsea.jpg"])).convert("RGB")
+    width, height = photograph.size
+    shapes = [(width, height), (height, width), (width, width), (301, 257), (257, 513), (1000, 999)]
+    for shape in shapes:
+        image = photograph.resize(shape)
+        boxed = engine._resize_crop_box(image, 256, 224)
+        whole = engine._resize_then_crop(image, 256, 224)
+        assert boxed.size == whole.size == (224, 224)
+        difference = max(abs(a - b) for a, b in zip(boxed.tobytes(), whole.tobytes(), strict=True))
+        assert difference <= 1, f"{shape}: pixels differ by up to {difference} levels"

@@ -95,6 +95,35 @@ def test_the_gate_refuses_a_precision_that_loses_tags(s3, settings, calibration,
     assert f"precision: float32, bfloat16 refused (top-5 {refused['top5_containment']:.3f})" in line
 
 
+def test_a_lower_precision_is_measured_on_first_load_recorded_in_the_card_and_used(
+    s3, settings, photographs, upload_images, capsys
+):
+    # bfloat16 named outright runs on any CPU (emulated where the CPU lacks it): the first load measures the gate
+    # on the calibration photographs, records it in the card, and runs in bfloat16 since it kept the tags.
+    ref = _fresh_model(s3, settings, "bf16")
+    tagger = engine.Tagger.load(s3, ref, device="cpu", precision="bfloat16", batch_size=4, fetch_workers=2)
+    record = tuning.read_gate(s3, ref)["bfloat16"]
+    assert record["images"] == 7 * tuning.CALIBRATION_VARIANTS
+    assert record["top5_containment"] >= tuning.CONTAINMENT_TARGET and record["passed"]
+    assert (record["machine"], record["device"]) == (tuning.machine_identity("cpu"), "cpu")
+    assert tagger.precision == "bfloat16"
+    with torch.inference_mode():
+        assert tagger.network(torch.zeros(1, 3, 224, 224, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+    uris = upload_images({"cat.jpg": photographs["chelsea.jpg"]})
+    spec = engine.ChunkSpec(
+        partition="tuning-bf16", manifest="s3://manifests/incoming/tuning-bf16.json", manifest_etag="e", index=0,
+        positions=(0,), images=tuple(uris), model=ref,
+    )
+    rows, stats = tagger.tag(s3, spec, "run-1")
+    assert rows[0]["precision"] == stats.precision == "bfloat16" and rows[0]["top_tag"]
+    assert tags.tag_object(tags.tag_table(rows).to_pylist()[0])["model"]["precision"] == "bfloat16"
+
+    assert cli.main(["model", "list"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(ref.name))
+    assert f"precision: float32, bfloat16 ok (top-5 {record['top5_containment']:.3f})" in line
+
+
 def test_precision_setting_is_checked():
     with pytest.raises(SettingsError, match="TP_PRECISION: Input should be 'auto', 'float32', 'bfloat16' or 'float16', not 'fp8'"):
         Settings.from_env({"TP_PRECISION": "fp8"})
