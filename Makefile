@@ -58,7 +58,7 @@ bench-scale: $(STAMP)
 # 1-64 clients against the engine, 100 batches from 10 customers, both at once, memory before and after.
 # bench/results/load.json and load.png; about 15-25 min on 2 cores. Arguments: BENCH_LOAD_ARGS (see bench/load.py).
 bench-load: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
+	$(PIP_INSTALL) -e '.[test,bench]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench.load $(BENCH_LOAD_ARGS)
 
 # Where a 10-image batch's seconds go, the sensor's path against the API's launch: bench/results/small_batch.json

@@ -9,7 +9,6 @@ from sensors import build_canary_schedule, build_failed_run_sensor, build_manife
 from sensors.ticks import every_interval
 from tagging_platform.settings import PROCESS_ENV, Settings
 
-
 # Local steps run in processes forked from a server that has imported the definitions once, instead of importing
 # dagster, pandas, pyarrow, boto3 and the platform again for every step; {"in_process": true} in a run's config
 # runs every step in the run's own process instead (a one-chunk batch: nothing to run side by side, no process

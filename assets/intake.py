@@ -46,7 +46,9 @@ def manifest(context: dg.AssetExecutionContext, s3: S3Resource, platform: Platfo
             allow_retries=False,
         ) from exc
     # Where its chunks run: the k8s step handler gives a CPU-only model CPU pods (executors.py).
-    profile = models.read_profile(client, model or models.resolve_model(client, settings.model_bucket, settings.default_model))
+    profile = models.read_profile(
+        client, model or models.resolve_model(client, settings.model_bucket, settings.default_model)
+    )
     table = parsed.table()
     table.attrs = {
         "manifest": parsed.source,

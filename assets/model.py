@@ -43,7 +43,9 @@ def tagger_model(context: dg.AssetExecutionContext, s3: S3Resource, platform: Pl
         metadata={
             "model": default.name,
             "version": default.version,
-            "registered": dg.MetadataValue.md(f"| model | version | kind | classes | runs on |\n|---|---|---|---|---|\n{table}"),
+            "registered": dg.MetadataValue.md(
+                f"| model | version | kind | classes | runs on |\n|---|---|---|---|---|\n{table}"
+            ),
             "models": len(registered),
             REGISTRY_FINGERPRINT: models.registry_fingerprint(registered),
             "card": dg.MetadataValue.json(next(c for c in registered if c["name"] == default.name)),

@@ -87,9 +87,7 @@ def _comparison_table(rows: list[dict]) -> dg.TableMetadataValue:
     columns = ["partition", *quality.COMPARISON_COLUMNS]
     kinds = {"top1_agreement": "float", "top5_agreement": "float", "confidence_shift": "float"}
     return dg.MetadataValue.table(
-        records=[
-            dg.TableRecord({c: round(r[c], 4) if c in kinds else r[c] for c in columns}) for r in rows
-        ],
+        records=[dg.TableRecord({c: round(r[c], 4) if c in kinds else r[c] for c in columns}) for r in rows],
         schema=dg.TableSchema(columns=[dg.TableColumn(c, kinds.get(c, "string")) for c in columns]),
     )
 

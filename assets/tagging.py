@@ -30,7 +30,11 @@ GPU_POOL = "gpu"
 
 @dg.op(out={"chunks": dg.DynamicOut(engine.ChunkSpec), "planned": dg.Out(engine.PlannedBatch)})
 def plan_chunks(
-    context: dg.OpExecutionContext, manifest: pd.DataFrame, tagger_model: dict, s3: S3Resource, platform: PlatformSettings
+    context: dg.OpExecutionContext,
+    manifest: pd.DataFrame,
+    tagger_model: dict,
+    s3: S3Resource,
+    platform: PlatformSettings,
 ):
     """Take what this model version tagged before from the reuse index, and split the rest into chunks.
 
@@ -61,7 +65,12 @@ def plan_chunks(
         + (chunking.describe() if chunking else "nothing left to tag: no tag_chunk step")
     )
     for spec in engine.chunk_specs(
-        context.partition_key, manifest.attrs["manifest"], manifest.attrs["etag"], positions, images, model,
+        context.partition_key,
+        manifest.attrs["manifest"],
+        manifest.attrs["etag"],
+        positions,
+        images,
+        model,
         chunking.chunk_images if chunking else 1,
     ):
         yield dg.DynamicOutput(spec, mapping_key=f"chunk_{spec.index:05d}", output_name="chunks")
@@ -89,7 +98,11 @@ def gpus_held(instance: dg.DagsterInstance) -> int:
     retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
 )
 def tag_chunk(
-    context: dg.OpExecutionContext, spec: engine.ChunkSpec, s3: S3Resource, tagger: TaggerResource, platform: PlatformSettings
+    context: dg.OpExecutionContext,
+    spec: engine.ChunkSpec,
+    s3: S3Resource,
+    tagger: TaggerResource,
+    platform: PlatformSettings,
 ) -> engine.ChunkSpec:
     """Tag one chunk, committing Parquet parts as it goes; a retry tags only what no part holds."""
     settings = platform.settings
@@ -105,8 +118,14 @@ def tag_chunk(
         push(stats)
 
     stats = engine.run_chunk(
-        client, settings.warehouse_bucket, spec, context.run_id, lambda: tagger.load(client, spec.model), report,
-        checkpoint_images=settings.checkpoint_images, checkpoint_s=settings.checkpoint_s,
+        client,
+        settings.warehouse_bucket,
+        spec,
+        context.run_id,
+        lambda: tagger.load(client, spec.model),
+        report,
+        checkpoint_images=settings.checkpoint_images,
+        checkpoint_s=settings.checkpoint_s,
     )
     push(stats, done=True)
     verb = "found earlier result for" if stats.skipped else "tagged"
@@ -132,7 +151,9 @@ def merge_chunks(
     client = s3.get_client()
     bucket = platform.settings.warehouse_bucket
     ordered = sorted(chunks, key=lambda s: s.index)
-    parts = [engine.read_reused(client, bucket, planned)] + [engine.read_chunk(client, bucket, spec) for spec in ordered]
+    parts = [engine.read_reused(client, bucket, planned)] + [
+        engine.read_chunk(client, bucket, spec) for spec in ordered
+    ]
     table = pa.concat_tables(parts).cast(tags.TAG_SCHEMA)
     figures = [(spec.index, engine.chunk_stats(client, bucket, spec)) for spec in ordered]
     # The next manifests with these images (same ETag, same model version) take these tags instead of re-running.

@@ -56,9 +56,20 @@ def measure() -> dict:
     rest = plan_for(settings, IMAGES - TAGGED_BEFORE)
     return {
         "machine": machine(),
-        "settings": {k: getattr(settings, k) for k in (
-            "ms_per_image", "startup_s", "max_gpus", "deadline_min", "min_chunk_images", "max_chunk_images",
-            "checkpoint_images", "checkpoint_s", "gpu_hour_usd")},
+        "settings": {
+            k: getattr(settings, k)
+            for k in (
+                "ms_per_image",
+                "startup_s",
+                "max_gpus",
+                "deadline_min",
+                "min_chunk_images",
+                "max_chunk_images",
+                "checkpoint_images",
+                "checkpoint_s",
+                "gpu_hour_usd",
+            )
+        },
         "one_manifest": _row(alone),
         "three_manifests_together": {
             "plans": [_row(p) for p in together],
@@ -81,10 +92,17 @@ def measure() -> dict:
 
 def _row(plan) -> dict:
     return {
-        "images": plan.images, "chunks": plan.chunks, "chunk_images": plan.chunk_images, "pods": plan.pods,
-        "waves": plan.waves, "wall_min": round(plan.wall_s / 60, 1), "gpu_hours": round(plan.gpu_hours, 3),
-        "startup_share": round(plan.startup_share, 4), "cost_usd": round(plan.cost_usd, 2),
-        "meets_deadline": plan.meets_deadline, "reasons": list(plan.reasons),
+        "images": plan.images,
+        "chunks": plan.chunks,
+        "chunk_images": plan.chunk_images,
+        "pods": plan.pods,
+        "waves": plan.waves,
+        "wall_min": round(plan.wall_s / 60, 1),
+        "gpu_hours": round(plan.gpu_hours, 3),
+        "startup_share": round(plan.startup_share, 4),
+        "cost_usd": round(plan.cost_usd, 2),
+        "meets_deadline": plan.meets_deadline,
+        "reasons": list(plan.reasons),
     }
 
 
@@ -110,8 +128,14 @@ def _reuse_planning() -> dict:
         etags = [_etag(i) if i < TAGGED_BEFORE else _etag(IMAGES + i) for i in range(IMAGES)]
         started = time.perf_counter()
         found = reuse.split_by_index(
-            client, bucket, MODEL, {"manifest": "s3://manifests/incoming/econ.json", "partition": "econ"}, "bench",
-            list(range(IMAGES)), uris, etags,
+            client,
+            bucket,
+            MODEL,
+            {"manifest": "s3://manifests/incoming/econ.json", "partition": "econ"},
+            "bench",
+            list(range(IMAGES)),
+            uris,
+            etags,
         )
         split_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -148,7 +172,14 @@ def _write_index(client, bucket: str) -> float:
             "top_confidence": pa.array([0.9] * TAGGED_BEFORE, pa.float64()),
             "tagged_at": pa.array([now] * TAGGED_BEFORE, pa.timestamp("ms", tz="UTC")),
             "origin": pa.array(
-                [{"manifest": "s3://manifests/incoming/earlier.json", "partition": "earlier", "run_id": "r", "chunk": 0}]
+                [
+                    {
+                        "manifest": "s3://manifests/incoming/earlier.json",
+                        "partition": "earlier",
+                        "run_id": "r",
+                        "chunk": 0,
+                    }
+                ]
                 * TAGGED_BEFORE,
                 reuse.INDEX_SCHEMA.field("origin").type,
             ),
@@ -192,8 +223,17 @@ def render(results: dict) -> str:
     headers = ["case", "chunks", "chunk images", "pods", "waves", "wall min", "GPU-hours", "start-up share", "cost $"]
 
     def cells(name: str, r: dict) -> list:
-        return [name, r["chunks"], r["chunk_images"], r["pods"], r["waves"], r["wall_min"], r["gpu_hours"],
-                f"{r['startup_share']:.1%}", r["cost_usd"]]
+        return [
+            name,
+            r["chunks"],
+            r["chunk_images"],
+            r["pods"],
+            r["waves"],
+            r["wall_min"],
+            r["gpu_hours"],
+            f"{r['startup_share']:.1%}",
+            r["cost_usd"],
+        ]
 
     together = results["three_manifests_together"]
     before = results["tagged_before"]
@@ -203,7 +243,9 @@ def render(results: dict) -> str:
     return "\n\n".join(
         [
             f"machine: {results['machine']}",
-            table("GPU economics with the shipped settings (10 ms/image, 300 s start-up, 8 GPUs, 60 min)", headers, rows),
+            table(
+                "GPU economics with the shipped settings (10 ms/image, 300 s start-up, 8 GPUs, 60 min)", headers, rows
+            ),
             (
                 f"3 x 1M together: {together['gpu_hours']} GPU-hours, ${together['cost_usd']}, last done after "
                 f"{together['last_done_min']} min, start-up {together['startup_share']:.1%}"

@@ -30,6 +30,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import requests
 
@@ -59,8 +60,17 @@ class Stack:
 
     def start(self, timeout_s: float = 600) -> Stack:
         command = [
-            str(Path(sys.executable).with_name("tagging-platform")), "api", "--dev", "--host", "127.0.0.1",
-            "--port", str(self.api_port), "--s3-port", str(self.s3_port), "--dagster-port", str(self.ui_port),
+            str(Path(sys.executable).with_name("tagging-platform")),
+            "api",
+            "--dev",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.api_port),
+            "--s3-port",
+            str(self.s3_port),
+            "--dagster-port",
+            str(self.ui_port),
         ]
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
@@ -128,7 +138,7 @@ class ProcessWatch:
             except (OSError, KeyError):
                 return
 
-    def __enter__(self) -> ProcessWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -150,9 +160,25 @@ def load_average() -> list[float]:
 
 def locust_round(url: str, key: str, users: int, duration_s: float) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.load_users", "--url", url, "--key", key, "--users", str(users),
-         "--duration-s", str(duration_s)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=duration_s + 300, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.load_users",
+            "--url",
+            url,
+            "--key",
+            key,
+            "--users",
+            str(users),
+            "--duration-s",
+            str(duration_s),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=duration_s + 300,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -160,7 +186,9 @@ def locust_round(url: str, key: str, users: int, duration_s: float) -> dict:
 def engine_round(client, settings: Settings, tagger, uris: list[str]) -> dict:
     """The engine (fetch from S3, decode, batched inference) on the same photographs, in this process."""
     ref = tagger.ref
-    [spec] = engine.chunk_specs("bench-load", "s3://manifests/bench-load.json", "-", list(range(len(uris))), uris, ref, len(uris))
+    [spec] = engine.chunk_specs(
+        "bench-load", "s3://manifests/bench-load.json", "-", list(range(len(uris))), uris, ref, len(uris)
+    )
     started = time.perf_counter()
     rows, stats = tagger.tag(client, spec, "bench-load")
     elapsed = time.perf_counter() - started
@@ -196,9 +224,17 @@ def submit_batches(url: str, plan: list[tuple[str, str, list[str]]], window_s: f
             f"{url}/v1/batches", json={"images": uris}, headers={"Authorization": f"Bearer {key}"}, timeout=120
         )
         body = response.json()
-        return {"customer": customer, "key": key, "uris": uris, "submitted": sent, "accepted": time.time(),
-                "http": response.status_code, "batch_id": body.get("batch_id"), "status_url": body.get("status_url"),
-                "error": None if response.status_code == 202 else body}
+        return {
+            "customer": customer,
+            "key": key,
+            "uris": uris,
+            "submitted": sent,
+            "accepted": time.time(),
+            "http": response.status_code,
+            "batch_id": body.get("batch_id"),
+            "status_url": body.get("status_url"),
+            "error": None if response.status_code == 202 else body,
+        }
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(submit, enumerate(plan)))
@@ -211,7 +247,9 @@ def follow(batches: list[dict], timeout_s: float, poll_s: float = 3.0) -> None:
 
     def poll(batch: dict) -> None:
         try:
-            response = requests.get(batch["status_url"], headers={"Authorization": f"Bearer {batch['key']}"}, timeout=60)
+            response = requests.get(
+                batch["status_url"], headers={"Authorization": f"Bearer {batch['key']}"}, timeout=60
+            )
         except requests.RequestException:
             return
         if response.status_code != 200:
@@ -277,8 +315,10 @@ def batch_figures(batches: list[dict]) -> dict:
         "turnaround_s": _spread([b["moments"][b["state"]] - b["submitted"] for b in finished]),
         "queue_wait_s": _spread([started(b) - b["submitted"] for b in finished]),
         "slowest_per_customer_s": {
-            c: {"turnaround": round(max(b["moments"][b["state"]] - b["submitted"] for b in bs), 1),
-                "queue_wait": round(max(started(b) - b["submitted"] for b in bs), 1)}
+            c: {
+                "turnaround": round(max(b["moments"][b["state"]] - b["submitted"] for b in bs), 1),
+                "queue_wait": round(max(started(b) - b["submitted"] for b in bs), 1),
+            }
             for c, bs in sorted(per_customer.items())
         },
     }
@@ -294,8 +334,12 @@ def _spread(values: list[float]) -> dict:
     if not values:
         return {}
     ordered = sorted(values)
-    return {"min": round(ordered[0], 1), "median": round(statistics.median(ordered), 1),
-            "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1), "max": round(ordered[-1], 1)}
+    return {
+        "min": round(ordered[0], 1),
+        "median": round(statistics.median(ordered), 1),
+        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
+        "max": round(ordered[-1], 1),
+    }
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -347,7 +391,11 @@ def _run(stack: Stack, args, result: dict, started: float) -> None:
     for start in range(0, len(placed), BATCH_IMAGES):
         group = placed[start : start + BATCH_IMAGES]
         plan.append((group[0][0], customers[group[0][0]], [f"s3://images/{key}" for _, key, _ in group]))
-    small_plan, batch_plan, mixed_plan = plan[: args.small], plan[args.small : args.small + args.batches], plan[args.small + args.batches :]
+    small_plan, batch_plan, mixed_plan = (
+        plan[: args.small],
+        plan[args.small : args.small + args.batches],
+        plan[args.small + args.batches :],
+    )
 
     pid = stack.process.pid
     with ProcessWatch(pid) as watch:
@@ -371,7 +419,8 @@ def _run(stack: Stack, args, result: dict, started: float) -> None:
         before = result["memory_before"]
         result["memory_after"] = after
         result["memory"] = {
-            "rss_before_mb": before["rss_mb"], "rss_after_mb": after["rss_mb"],
+            "rss_before_mb": before["rss_mb"],
+            "rss_after_mb": after["rss_mb"],
             "rss_after_over_before": round(after["rss_mb"] / before["rss_mb"], 3),
             "peak_rss_mb": after["peak_rss_mb"],
             "threads_before_after": [before["threads"], after["threads"]],
@@ -409,8 +458,13 @@ def _small(stack: Stack, plan: list, phases: list) -> dict:
         for customer, key, uris in plan:
             done = submit_and_wait(stack.url, {"Authorization": f"Bearer {key}"}, uris)
             run = instance.get_run_by_id(done["run_id"])
-            rows.append({"state": done["state"], "launched_by": run.tags.get("tagging/launched_by", "sensor"),
-                         **breakdown(instance, done["run_id"], done["moments"])})
+            rows.append(
+                {
+                    "state": done["state"],
+                    "launched_by": run.tags.get("tagging/launched_by", "sensor"),
+                    **breakdown(instance, done["run_id"], done["moments"]),
+                }
+            )
             log(f"small batch: {done['state']} in {rows[-1]['total_s']} s {rows[-1]['phases_s']}")
     phases.append({"phase": "small", "start": t0, "end": time.time()})
     totals = [r["total_s"] for r in rows]
@@ -430,8 +484,10 @@ def _tag(stack: Stack, client, key: str, args, phases: list, watch: ProcessWatch
     levels = []
 
     def engines() -> dict:
-        return {"s3": engine_round(client, stack.settings, tagger, uris * args.engine_repeats)["images_per_s"],
-                "memory": engine_memory_round(tagger, payloads * args.engine_repeats)["images_per_s"]}
+        return {
+            "s3": engine_round(client, stack.settings, tagger, uris * args.engine_repeats)["images_per_s"],
+            "memory": engine_memory_round(tagger, payloads * args.engine_repeats)["images_per_s"],
+        }
 
     for users in args.users:
         before = engines()
@@ -448,11 +504,15 @@ def _tag(stack: Stack, client, key: str, args, phases: list, watch: ProcessWatch
             rates = [before[kind], after[kind]]
             level[f"{label}_images_per_s"] = rates
             level[f"api_over_{label}"] = round(figures["images_per_s"] / statistics.mean(rates), 3)
-            level[f"api_over_{label}_spread"] = [round(figures["images_per_s"] / max(rates), 3),
-                                                  round(figures["images_per_s"] / min(rates), 3)]
-        log(f"/v1/tag x{users}: {level['images_per_s']} images/s (engine {level['engine_images_per_s']}, from memory "
+            level[f"api_over_{label}_spread"] = [
+                round(figures["images_per_s"] / max(rates), 3),
+                round(figures["images_per_s"] / min(rates), 3),
+            ]
+        log(
+            f"/v1/tag x{users}: {level['images_per_s']} images/s (engine {level['engine_images_per_s']}, from memory "
             f"{level['engine_memory_images_per_s']}), p50 {level['p50_ms']} ms, "
-            f"p99 {level['p99_ms']} ms, {level['errors']} errors")
+            f"p99 {level['p99_ms']} ms, {level['errors']} errors"
+        )
         levels.append(level)
     return levels
 
@@ -463,11 +523,23 @@ def _batches(stack: Stack, client, plan: list, args, phases: list, watch: Proces
     batches = submit_batches(stack.url, plan, args.submit_window_s)
     follow(batches, args.drain_timeout_s)
     t1 = time.time()
-    phases.append({"phase": "batches", "start": t0, "end": t1,
-                   "done": sorted(b["moments"][b["state"]] for b in batches if b.get("state") in TERMINAL)})
-    figures = {**batch_figures(batches), **verify(client, stack.dagster, batches), "api_peak_rss_mb": watch.peak_between(t0, t1)}
-    log(f"batches: {figures['succeeded']}/{figures['batches']} succeeded, drained in {figures['drain_s']} s, "
-        f"exactly once: {figures['every_image_exactly_once']}")
+    phases.append(
+        {
+            "phase": "batches",
+            "start": t0,
+            "end": t1,
+            "done": sorted(b["moments"][b["state"]] for b in batches if b.get("state") in TERMINAL),
+        }
+    )
+    figures = {
+        **batch_figures(batches),
+        **verify(client, stack.dagster, batches),
+        "api_peak_rss_mb": watch.peak_between(t0, t1),
+    }
+    log(
+        f"batches: {figures['succeeded']}/{figures['batches']} succeeded, drained in {figures['drain_s']} s, "
+        f"exactly once: {figures['every_image_exactly_once']}"
+    )
     return figures
 
 
@@ -496,15 +568,31 @@ def _mixed(stack: Stack, client, key: str, plan: list, args, phases: list, watch
         "requests": sum(r["requests"] for r in rounds),
         "errors": sum(r["errors"] for r in rounds),
         "images_per_s": round(statistics.mean(r["images_per_s"] for r in rounds), 2) if rounds else 0.0,
-        **{f"p{q}_ms": round(latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))], 1) if latencies else None
-           for q in (50, 95, 99)},
+        **{
+            f"p{q}_ms": round(latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))], 1)
+            if latencies
+            else None
+            for q in (50, 95, 99)
+        },
     }
-    phases.append({"phase": "mixed", "start": t0, "end": t1, "samples": samples,
-                   "done": sorted(b["moments"][b["state"]] for b in batches if b.get("state") in TERMINAL)})
-    figures = {"tag": outcome, "batches": {**batch_figures(batches), **verify(client, stack.dagster, batches)},
-               "api_peak_rss_mb": watch.peak_between(t0, t1)}
-    log(f"mixed: /v1/tag x{args.mixed_users} {outcome.get('images_per_s')} images/s p99 {outcome.get('p99_ms')} ms; "
-        f"batches drained in {figures['batches']['drain_s']} s")
+    phases.append(
+        {
+            "phase": "mixed",
+            "start": t0,
+            "end": t1,
+            "samples": samples,
+            "done": sorted(b["moments"][b["state"]] for b in batches if b.get("state") in TERMINAL),
+        }
+    )
+    figures = {
+        "tag": outcome,
+        "batches": {**batch_figures(batches), **verify(client, stack.dagster, batches)},
+        "api_peak_rss_mb": watch.peak_between(t0, t1),
+    }
+    log(
+        f"mixed: /v1/tag x{args.mixed_users} {outcome.get('images_per_s')} images/s p99 {outcome.get('p99_ms')} ms; "
+        f"batches drained in {figures['batches']['drain_s']} s"
+    )
     return figures
 
 
@@ -523,8 +611,12 @@ def _plot(path: Path, result: dict, samples: list[dict], started: float) -> None
             xs = [t - started for t, _, _ in phase["samples"]]
             lat.scatter(xs, [ms for _, ms, _ in phase["samples"]], s=2, alpha=0.4, label=phase["phase"])
         if phase.get("done"):
-            done.step([t - started for t in phase["done"]], range(1, len(phase["done"]) + 1), where="post",
-                      label=phase["phase"])
+            done.step(
+                [t - started for t in phase["done"]],
+                range(1, len(phase["done"]) + 1),
+                where="post",
+                label=phase["phase"],
+            )
     lat.set_yscale("log")
     lat.set_ylabel("POST /v1/tag latency, ms")
     lat.legend(loc="upper left", fontsize=7, markerscale=4)
@@ -534,8 +626,10 @@ def _plot(path: Path, result: dict, samples: list[dict], started: float) -> None
     done.set_xlabel("seconds since the stack started")
     if any(p.get("done") for p in result["phases"]):
         done.legend(loc="upper left", fontsize=7)
-    fig.suptitle(f"make bench-load ({machine()['cores']} cores; load average at start {result['machine']['load_average_at_start']})",
-                 fontsize=9)
+    fig.suptitle(
+        f"make bench-load ({machine()['cores']} cores; load average at start {result['machine']['load_average_at_start']})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -545,7 +639,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
     parser.add_argument("--tag-s", type=float, default=30.0, help="seconds of /v1/tag traffic per level")
-    parser.add_argument("--engine-repeats", type=int, default=10, help="the photographs this many times per engine round")
+    parser.add_argument(
+        "--engine-repeats", type=int, default=10, help="the photographs this many times per engine round"
+    )
     parser.add_argument("--small", type=int, default=3, help="10-image batches timed one at a time")
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--customers", type=int, default=10)

@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
                 return
             name, data = next(turn)
             self.client.post(
-                "/v1/tag", files={"image": (name, data, "image/jpeg")},
-                headers={"Authorization": f"Bearer {args.key}"}, name="/v1/tag", timeout=120,
+                "/v1/tag",
+                files={"image": (name, data, "image/jpeg")},
+                headers={"Authorization": f"Bearer {args.key}"},
+                name="/v1/tag",
+                timeout=120,
             )
 
     @events.request.add_listener

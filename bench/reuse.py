@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         second = _run(platform, f"reuse-overlap-{uuid.uuid4().hex[:6]}", second_images)
     by_name, objects = first.pop("objects"), second.pop("objects")
     reused = sum(1 for obj in objects.values() if "reused_from" in obj)
-    identical = all(
-        objects[f"again-{i:05d}.jpg"]["tags"] == by_name[f"{i:05d}.jpg"]["tags"] for i in range(overlap)
-    )
+    identical = all(objects[f"again-{i:05d}.jpg"]["tags"] == by_name[f"{i:05d}.jpg"]["tags"] for i in range(overlap))
     lineage = all(
         objects[f"again-{i:05d}.jpg"].get("reused_from", {}).get("run_id") == first["run_id"] for i in range(overlap)
     )
@@ -124,7 +122,13 @@ def _published(client, settings, partition: str) -> dict[str, dict]:
 def render(results: dict) -> str:
     rows = [
         ["first", results["images"], 0, results["runs"]["first"]["tag_chunk_s"], results["first_s"]],
-        ["overlap", results["images"], results["reused"], results["runs"]["overlap"]["tag_chunk_s"], results["overlap_s"]],
+        [
+            "overlap",
+            results["images"],
+            results["reused"],
+            results["runs"]["overlap"]["tag_chunk_s"],
+            results["overlap_s"],
+        ],
     ]
     summary = (
         f"speedup {results['speedup']:.2f}x (target {results['target']['speedup']}: "
@@ -132,7 +136,9 @@ def render(results: dict) -> str:
         f"identical tags for the {results['overlap_images']:,} overlapping images: {results['identical_tags']}"
     )
     title = f"Reuse of earlier tags ({results['machine']['cores']} cores, whole local runs)"
-    return table(title, ["manifest", "images", "reused", "tag_chunk s", "manifest PUT -> marker s"], rows) + "\n" + summary
+    return (
+        table(title, ["manifest", "images", "reused", "tag_chunk s", "manifest PUT -> marker s"], rows) + "\n" + summary
+    )
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -344,39 +344,119 @@ def render(results: dict) -> str:
         f"machine: {results['machine']}{'  (--quick sizes)' if results['quick'] else ''}",
         table(
             f"Read + parse + table + plan, {size} images, fresh process each (target < 10 s and < 500 MB peak RSS)",
-            ["format", "manifest MB", "read + parse s", "table s", "total s", "imports MB", "peak RSS MB",
-             "table MB", "meets target"],
             [
-                [fmt, r["manifest_mb"], r["parse_s"], r["table_s"], r["seconds"],
-                 r["rss_after_imports_mb"], r["peak_rss_mb"], r["table_mb"], r["meets_target"]]
+                "format",
+                "manifest MB",
+                "read + parse s",
+                "table s",
+                "total s",
+                "imports MB",
+                "peak RSS MB",
+                "table MB",
+                "meets target",
+            ],
+            [
+                [
+                    fmt,
+                    r["manifest_mb"],
+                    r["parse_s"],
+                    r["table_s"],
+                    r["seconds"],
+                    r["rss_after_imports_mb"],
+                    r["peak_rss_mb"],
+                    r["table_mb"],
+                    r["meets_target"],
+                ]
                 for fmt, r in parse.items()
             ],
         ),
         table(
             f"JSON Lines, {big['images']:,} images (no target)",
-            ["manifest MB", "total s", "peak RSS MB", "table MB", "RSS MB / 1M images", "table MB / 1M images",
-             "peak RSS / table"],
-            [[big["manifest_mb"], big["seconds"], big["peak_rss_mb"], big["table_mb"], big["mb_per_million_images"],
-              big["table_mb_per_million_images"], big["peak_rss_over_table"]]],
+            [
+                "manifest MB",
+                "total s",
+                "peak RSS MB",
+                "table MB",
+                "RSS MB / 1M images",
+                "table MB / 1M images",
+                "peak RSS / table",
+            ],
+            [
+                [
+                    big["manifest_mb"],
+                    big["seconds"],
+                    big["peak_rss_mb"],
+                    big["table_mb"],
+                    big["mb_per_million_images"],
+                    big["table_mb_per_million_images"],
+                    big["peak_rss_over_table"],
+                ]
+            ],
         ),
         table(
             f"Listing sensor, {sensor['objects']:,} objects + {sensor['found_new']} new found, "
             f"max_keys={sensor['max_keys_per_tick']:,}, budget {sensor['tick_budget_s']:g} s (target: every tick < 10 s)",
-            ["via S3 API", "in-process", "PUT/s", "catch-up ticks", "ticks to find new", "max tick s",
-             "mean tick s", "total s", "found new", "found again", "listing share", "cursor KB", "meets target"],
-            [[sensor["seeded_through_s3_api"], sensor["seeded_in_process"], sensor["s3_put_per_s"],
-              sensor["catch_up_ticks"], sensor["ticks_to_find_new"], sensor["max_tick_s"], sensor["mean_tick_s"],
-              sensor["total_s_to_find_all_new"], sensor["found_new"], sensor["found_again"],
-              f"{sensor['listing_share']:.0%}", sensor["max_cursor_kb"], sensor["meets_target"]]],
+            [
+                "via S3 API",
+                "in-process",
+                "PUT/s",
+                "catch-up ticks",
+                "ticks to find new",
+                "max tick s",
+                "mean tick s",
+                "total s",
+                "found new",
+                "found again",
+                "listing share",
+                "cursor KB",
+                "meets target",
+            ],
+            [
+                [
+                    sensor["seeded_through_s3_api"],
+                    sensor["seeded_in_process"],
+                    sensor["s3_put_per_s"],
+                    sensor["catch_up_ticks"],
+                    sensor["ticks_to_find_new"],
+                    sensor["max_tick_s"],
+                    sensor["mean_tick_s"],
+                    sensor["total_s_to_find_all_new"],
+                    sensor["found_new"],
+                    sensor["found_again"],
+                    f"{sensor['listing_share']:.0%}",
+                    sensor["max_cursor_kb"],
+                    sensor["meets_target"],
+                ]
+            ],
         ),
         table(
             f"Planner, {planner['parameters']['images']:,} images at 10 ms, 5 min start-up, 8 GPUs, "
             f"${GPU_HOUR_USD:.2f}/GPU-hour, chunks of {PLAN['min_chunk_images']:,} to {PLAN['max_chunk_images']:,}",
-            ["deadline min", "chunks", "chunk images", "pods", "waves", "wall min", "GPU-hours", "cost $",
-             "start-up share", "meets deadline"],
             [
-                [p["deadline_min"], p["chunks"], p["chunk_images"], p["pods"], p["waves"], p["wall_s"] / 60,
-                 p["gpu_hours"], p["cost_usd"], f"{p['startup_share']:.1%}", p["meets_deadline"]]
+                "deadline min",
+                "chunks",
+                "chunk images",
+                "pods",
+                "waves",
+                "wall min",
+                "GPU-hours",
+                "cost $",
+                "start-up share",
+                "meets deadline",
+            ],
+            [
+                [
+                    p["deadline_min"],
+                    p["chunks"],
+                    p["chunk_images"],
+                    p["pods"],
+                    p["waves"],
+                    p["wall_s"] / 60,
+                    p["gpu_hours"],
+                    p["cost_usd"],
+                    f"{p['startup_share']:.1%}",
+                    p["meets_deadline"],
+                ]
                 for p in planner["plans"]
             ],
         ),

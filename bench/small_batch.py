@@ -17,6 +17,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import requests
 
@@ -44,7 +45,7 @@ class Api:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> Api:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -78,8 +79,13 @@ def submit_and_wait(url: str, headers: dict, uris: list[str], timeout_s: float =
         body = requests.get(accepted["status_url"], headers=headers, timeout=60).json()
         moments.setdefault(body["state"], time.time())
         if body["state"] in TERMINAL:
-            return {"batch_id": accepted["batch_id"], "state": body["state"], "run_id": body["run"]["run_id"],
-                    "moments": moments, "counts": body["counts"]}
+            return {
+                "batch_id": accepted["batch_id"],
+                "state": body["state"],
+                "run_id": body["run"]["run_id"],
+                "moments": moments,
+                "counts": body["counts"],
+            }
         time.sleep(poll_s)
     raise TimeoutError(f"batch {accepted['batch_id']} did not finish within {timeout_s:.0f} s")
 
@@ -91,7 +97,11 @@ def drop_and_wait(client, settings, dagster, uris: list[str], timeout_s: float =
 
     key = f"{settings.manifest_prefix}bench/{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.json"
     started = time.time()
-    client.put_object(Bucket=settings.manifest_bucket, Key=key, Body=json.dumps({"images": uris, "output": "s3://tags/bench/"}).encode())
+    client.put_object(
+        Bucket=settings.manifest_bucket,
+        Key=key,
+        Body=json.dumps({"images": uris, "output": "s3://tags/bench/"}).encode(),
+    )
     moments = {"submitted": started, "accepted": time.time()}
     partition = partition_key_for(key, settings.manifest_prefix)
     deadline = time.monotonic() + timeout_s
@@ -99,8 +109,12 @@ def drop_and_wait(client, settings, dagster, uris: list[str], timeout_s: float =
         run = dagster.latest_run("tag_manifest", {"dagster/partition": partition})
         if run and run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
             moments["succeeded" if run["status"] == "SUCCESS" else "failed"] = time.time()
-            return {"batch_id": partition, "state": "succeeded" if run["status"] == "SUCCESS" else "failed",
-                    "run_id": run["runId"], "moments": moments}
+            return {
+                "batch_id": partition,
+                "state": "succeeded" if run["status"] == "SUCCESS" else "failed",
+                "run_id": run["runId"],
+                "moments": moments,
+            }
         time.sleep(poll_s)
     raise TimeoutError(f"manifest {key} did not finish within {timeout_s:.0f} s")
 

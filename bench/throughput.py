@@ -45,11 +45,23 @@ class Plan(NamedTuple):
 
 # Ray pays for its actors' start-up in every run, about as long as its 2,000 images: one round of it.
 FULL = Plan(
-    images=2_000, naive_images=300, batch_sizes=(1, 4, 8, 16, 32), ceiling_s=2.5, rounds=2, ray_rounds=1,
-    memory_images=(2_000, 8_000), quiet_wait_s=30.0,
+    images=2_000,
+    naive_images=300,
+    batch_sizes=(1, 4, 8, 16, 32),
+    ceiling_s=2.5,
+    rounds=2,
+    ray_rounds=1,
+    memory_images=(2_000, 8_000),
+    quiet_wait_s=30.0,
 )
 QUICK = Plan(
-    images=200, naive_images=50, batch_sizes=(4, 32), ceiling_s=0.75, rounds=2, ray_rounds=1, memory_images=(),
+    images=200,
+    naive_images=50,
+    batch_sizes=(4, 32),
+    ceiling_s=0.75,
+    rounds=2,
+    ray_rounds=1,
+    memory_images=(),
     quiet_wait_s=2.0,
 )
 
@@ -138,9 +150,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="200 images and fewer cases, for a smoke run of ~3 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="200 images and fewer cases, for a smoke run of ~3 minutes"
+    )
     parser.add_argument("--out", type=Path, help="results file (default bench/results/throughput.json)")
-    parser.add_argument("--contender", choices=sorted(CONTENDERS), help="internal: measure one contender in this process")
+    parser.add_argument(
+        "--contender", choices=sorted(CONTENDERS), help="internal: measure one contender in this process"
+    )
     parser.add_argument("--endpoint", help="internal: the embedded S3 server")
     parser.add_argument("--model", help="internal: the registered model, as JSON")
     parser.add_argument("--images", type=int, help="internal: how many images the contender reads")
@@ -184,7 +200,9 @@ def image_uri(index: int) -> str:
 def _upload(client, images: list[bytes]) -> None:
     def put(item: tuple[int, bytes]) -> None:
         index, data = item
-        client.put_object(Bucket=IMAGE_BUCKET, Key=f"{IMAGE_PREFIX}{index:05d}.jpg", Body=data, ContentType="image/jpeg")
+        client.put_object(
+            Bucket=IMAGE_BUCKET, Key=f"{IMAGE_PREFIX}{index:05d}.jpg", Body=data, ContentType="image/jpeg"
+        )
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, enumerate(images)))
@@ -281,7 +299,13 @@ class _Runner:
         self.quick = quick
 
     def run(
-        self, name: str, images: int, env: dict[str, str], *, rounds: int | None = None, keep_tags: bool = False,
+        self,
+        name: str,
+        images: int,
+        env: dict[str, str],
+        *,
+        rounds: int | None = None,
+        keep_tags: bool = False,
         batch: int = BATCH,
     ) -> dict:
         """Run one contender in a fresh interpreter whose environment is ours less PROCESS_ENV, plus `env`."""
@@ -289,9 +313,21 @@ class _Runner:
         quiet = _wait_for_quiet(self.plan.quiet_wait_s)
         log(f"{name}: {images:,} images, {rounds} round(s), in a fresh process ...")
         command = [
-            sys.executable, "-m", "bench.throughput", "--contender", name, "--endpoint", self.endpoint,
-            "--model", json.dumps(self.ref.as_dict()), "--images", str(images), "--rounds", str(rounds),
-            "--batch", str(batch),
+            sys.executable,
+            "-m",
+            "bench.throughput",
+            "--contender",
+            name,
+            "--endpoint",
+            self.endpoint,
+            "--model",
+            json.dumps(self.ref.as_dict()),
+            "--images",
+            str(images),
+            "--rounds",
+            str(rounds),
+            "--batch",
+            str(batch),
         ]
         command += ["--quick"] * self.quick + ["--keep-tags"] * keep_tags
         # The naive loop and `dagster dev` must start from default process settings, whatever ours are.
@@ -494,7 +530,9 @@ def _naive(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
             confidences, classes = probabilities.topk(5)
             labels = [card.labels[c] for c in classes.tolist()]
             top5.append(labels)
-            body = json.dumps({"image": uri, "tags": [{"name": n, "confidence": p} for n, p in zip(labels, confidences.tolist())]})
+            body = json.dumps(
+                {"image": uri, "tags": [{"name": n, "confidence": p} for n, p in zip(labels, confidences.tolist())]}
+            )
             client.put_object(Bucket=OUTPUT_BUCKET, Key=f"bench-naive/{index:05d}.json", Body=body.encode())
 
     measured = [_timed(len(uris), work) for _ in range(rounds)]
@@ -510,8 +548,11 @@ def _tune(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
     taggers = {p: engine.Tagger.load(client, ref, device="cpu", precision=p) for p in ("auto", tuning.FLOAT32)}
     probes = {
         tagger.precision: {
-            "batch_size": tagger.batch_size, "memory_format": tagger.memory_format,
-            "source": tagger.batch_choice.source, "ips": tagger.batch_choice.rates, "load_s": round(tagger.load_s, 1),
+            "batch_size": tagger.batch_size,
+            "memory_format": tagger.memory_format,
+            "source": tagger.batch_choice.source,
+            "ips": tagger.batch_choice.rates,
+            "load_s": round(tagger.load_s, 1),
         }
         for tagger in taggers.values()
     }
@@ -552,8 +593,13 @@ def _engine_with(client, settings, ref, uris, rounds, keep_tags, tuned: dict) ->
     for _ in range(rounds):
         # A fresh manifest ETag per round gives a fresh result key: run_chunk skips a chunk it finds done.
         spec = engine.ChunkSpec(
-            partition="bench", manifest="s3://manifests/bench.json", manifest_etag=uuid.uuid4().hex, index=0,
-            positions=tuple(range(len(uris))), images=tuple(uris), model=ref,
+            partition="bench",
+            manifest="s3://manifests/bench.json",
+            manifest_etag=uuid.uuid4().hex,
+            index=0,
+            positions=tuple(range(len(uris))),
+            images=tuple(uris),
+            model=ref,
         )
         stats: list[engine.ChunkStats] = []
         measured.append(
@@ -609,8 +655,12 @@ def _ray_data(client, settings, ref, uris, rounds, plan, keep_tags, batch: int =
     def stage(cls, actors: int):
         # A whole core per actor, as Ray schedules them; Ray sets an actor's OMP_NUM_THREADS to its num_cpus.
         return functools.partial(
-            ray.data.Dataset.map_batches, fn=cls, fn_constructor_args=actor_args, batch_size=batch,
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+            ray.data.Dataset.map_batches,
+            fn=cls,
+            fn_constructor_args=actor_args,
+            batch_size=batch,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=1,
         )
 
     variants = {
@@ -625,7 +675,9 @@ def _ray_data(client, settings, ref, uris, rounds, plan, keep_tags, batch: int =
                 prefix = f"bench-ray/{variant}-{round_}-{uuid.uuid4().hex[:8]}"
 
                 def work(stages=stages, prefix=prefix) -> dict:
-                    ds = ray.data.from_items([{"image": u} for u in uris], override_num_blocks=math.ceil(len(uris) / batch))
+                    ds = ray.data.from_items(
+                        [{"image": u} for u in uris], override_num_blocks=math.ceil(len(uris) / batch)
+                    )
                     for apply in stages:
                         ds = apply(ds)
                     # Writing is I/O: at its default of a whole core it waits for actors that hold every core.
@@ -644,7 +696,9 @@ def _ray_data(client, settings, ref, uris, rounds, plan, keep_tags, batch: int =
     return {
         **by_variant[better],
         "variant": better,
-        "variants": {v: {k: r[k] for k in ("ips", "wall_s", "measured_images", "rounds_ips")} for v, r in by_variant.items()},
+        "variants": {
+            v: {k: r[k] for k in ("ips", "wall_s", "measured_images", "rounds_ips")} for v, r in by_variant.items()
+        },
         "ray_init_s": round(init_s, 1),
         "batch_size": batch,
         "given": "the engine's tuned batch size; its actors load the model with Tagger.load, so the same precision",
@@ -743,7 +797,9 @@ def _dagster_run(client, settings, ref, uris, rounds, plan, keep_tags) -> dict:
     port = int(settings.s3_endpoint.rsplit(":", 1)[1])
     with tempfile.TemporaryDirectory(prefix="bench-dagster-") as home:
         started = time.perf_counter()
-        platform = local.LocalPlatform(ROOT / "workspace.yaml", s3_port=port, dagster_home=Path(home), settings_overrides=overrides)
+        platform = local.LocalPlatform(
+            ROOT / "workspace.yaml", s3_port=port, dagster_home=Path(home), settings_overrides=overrides
+        )
         with platform:
             up_s = time.perf_counter() - started
             registration_s = _wait_for_registration(platform)
@@ -892,7 +948,9 @@ def summarise(contenders: dict, memory: dict, plan: Plan, quick: bool, upload_s:
         "naive_ips": ips["naive"],
         "engine_ips": ips["engine"],
         "engine_fixed_ips": ips["engine_fixed"],
-        "engine_tuned": {k: tuned[k] for k in ("precision", "batch_size", "memory_format", "batch_source", "probe_ips")},
+        "engine_tuned": {
+            k: tuned[k] for k in ("precision", "batch_size", "memory_format", "batch_source", "probe_ips")
+        },
         "engine_tuned_vs_fixed": round(ips["engine"] / ips["engine_fixed"], 3),
         "ray_data_ips": ips["ray_data"],
         "dagster_run_ips": ips["dagster_run"],
@@ -964,7 +1022,18 @@ def render(results: dict) -> str:
     for variant, r in ray["variants"].items():
         rows.append((f"  ray_data {variant}", r.get("measured_images", "-"), r["ips"], r["wall_s"], "-", "-", "-", "-"))
     for images, r in results.get("engine_memory_cases", {}).items():
-        rows.append((f"engine, {int(images):,}-image chunk", images, r["ips"], r["wall_s"], r["peak_rss_mb"], r["cpu_s"], r["s3_server_cpu_s"], "-"))
+        rows.append(
+            (
+                f"engine, {int(images):,}-image chunk",
+                images,
+                r["ips"],
+                r["wall_s"],
+                r["peak_rss_mb"],
+                r["cpu_s"],
+                r["s3_server_cpu_s"],
+                "-",
+            )
+        )
     contenders = table(
         f"Throughput on {results['machine']['cores']} cores, no accelerator ({results['images']:,} images)",
         ("contender", "images", "images/s", "wall s", "peak RSS MB", "CPU s", "S3 server CPU s", "loopback only"),
@@ -972,7 +1041,9 @@ def render(results: dict) -> str:
     )
     figures = [(k, results[k]) for k in ("serial_bound_ips", "engine_vs_ceiling", "top1_agreement")]
     figures += [(f"engine tuned: {k}", v) for k, v in results["engine_tuned"].items()]
-    figures += [(f"{name} vs naive: {k}", v) for name, a in results["agreement_with_naive"].items() for k, v in a.items()]
+    figures += [
+        (f"{name} vs naive: {k}", v) for name, a in results["agreement_with_naive"].items() for k, v in a.items()
+    ]
     ceiling_rows = [
         (form, *(by_size.get(str(size), "-") for size in results["plan_batch_sizes"]))
         for form, by_size in results["ceiling_ips_by_batch"].items()
@@ -986,7 +1057,9 @@ def render(results: dict) -> str:
         [
             contenders,
             table("Ceiling, images/s per batch size", ("form", *map(str, results["plan_batch_sizes"])), ceiling_rows),
-            table("Batch probe on the first load, images/s per batch/format", ("precision", "chosen", "cells"), probe_rows),
+            table(
+                "Batch probe on the first load, images/s per batch/format", ("precision", "chosen", "cells"), probe_rows
+            ),
             table("Derived", ("figure", "value"), figures),
             table("Targets", ("target", "value", "wanted", "met"), targets),
         ]

@@ -21,7 +21,11 @@ def main() -> int:
         c = cluster.up()
         memory = cluster.memory_mib(c)
         print(f"cluster up in {time.monotonic() - start:.1f} s; kubeconfig: {c.kubeconfig}")
-        print("memory (MiB RSS): " + json.dumps({k: round(v) for k, v in memory.items()}) + f" total {sum(memory.values()):.0f}")
+        print(
+            "memory (MiB RSS): "
+            + json.dumps({k: round(v) for k, v in memory.items()})
+            + f" total {sum(memory.values()):.0f}"
+        )
         print(f"export KUBECONFIG={c.kubeconfig}")
     elif args.command == "down":
         cluster.down()

@@ -130,17 +130,58 @@ def _write_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     if (pki / "apiserver.crt").exists():
         return
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "3650", "-subj", "/CN=tagging-platform-test-ca", cwd=pki)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=tagging-platform-test-ca",
+        cwd=pki,
+    )
     (pki / "apiserver.ext").write_text(
         "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
     )
     for name, cn in (("apiserver", "kube-apiserver"), ("kubelet", "tp-node-simulator")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={cn}", cwd=pki)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.crt", "-days", "3650", "-extfile", "apiserver.ext", cwd=pki)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={cn}",
+            cwd=pki,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            "apiserver.ext",
+            cwd=pki,
+        )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -161,8 +202,13 @@ def write_kubeconfig(path: Path, server: str, token: str, ca_file: Path, namespa
 def _start(cluster: Cluster, component: str, argv: list[str], env: dict | None = None) -> None:
     log = cluster.log_file(component).open("ab")
     process = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env=env or os.environ.copy(), cwd=cluster.state,
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env or os.environ.copy(),
+        cwd=cluster.state,
     )
     cluster.pid_file(component).write_text(str(process.pid))
 
@@ -203,65 +249,121 @@ def up(cluster: Cluster | None = None, python: str | None = None) -> Cluster:
     (cluster.state / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
     kubeconfig = write_kubeconfig(cluster.kubeconfig, cluster.server, ADMIN_TOKEN, pki / "ca.crt")
 
-    _start(cluster, "etcd", [
-        "etcd", "--name=tp", f"--data-dir={cluster.state / 'etcd'}",
-        f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}", f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
-        f"--listen-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
-        f"--initial-cluster=tp=http://127.0.0.1:{ETCD_PEER_PORT}",
-        "--quota-backend-bytes=1073741824", "--log-level=warn",
-    ])
-    _wait("etcd", lambda: urllib.request.urlopen(f"http://127.0.0.1:{ETCD_PORT}/health", timeout=1).status == 200,
-          30, cluster, "etcd")
-    _start(cluster, "kube-apiserver", [
-        str(binaries / "kube-apiserver"),
-        f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
-        "--insecure-port=0",
-        f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        f"--token-auth-file={cluster.state / 'tokens.csv'}",
-        "--authorization-mode=Node,RBAC",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        "--api-audiences=https://kubernetes.default.svc.cluster.local",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--feature-gates=TTLAfterFinished=true",
-        "--kubelet-preferred-address-types=InternalIP",
-        f"--kubelet-client-certificate={pki / 'kubelet.crt'}", f"--kubelet-client-key={pki / 'kubelet.key'}",
-        "--allow-privileged=true", "--v=1",
-    ])
+    _start(
+        cluster,
+        "etcd",
+        [
+            "etcd",
+            "--name=tp",
+            f"--data-dir={cluster.state / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}",
+            f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
+            f"--listen-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
+            f"--initial-cluster=tp=http://127.0.0.1:{ETCD_PEER_PORT}",
+            "--quota-backend-bytes=1073741824",
+            "--log-level=warn",
+        ],
+    )
+    _wait(
+        "etcd",
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{ETCD_PORT}/health", timeout=1).status == 200,
+        30,
+        cluster,
+        "etcd",
+    )
+    _start(
+        cluster,
+        "kube-apiserver",
+        [
+            str(binaries / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={APISERVER_PORT}",
+            "--insecure-port=0",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={cluster.state / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--api-audiences=https://kubernetes.default.svc.cluster.local",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--feature-gates=TTLAfterFinished=true",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'kubelet.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet.key'}",
+            "--allow-privileged=true",
+            "--v=1",
+        ],
+    )
     _wait("kube-apiserver /readyz", lambda: _get(f"{cluster.server}/readyz")[0] == 200, 90, cluster, "kube-apiserver")
-    _start(cluster, "kube-controller-manager", [
-        str(binaries / "kube-controller-manager"),
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--controllers=*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle",
-        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-        "--feature-gates=TTLAfterFinished=true",
-        "--leader-elect=false", "--port=0", "--bind-address=127.0.0.1", "--secure-port=10257", "--v=1",
-    ])
-    _start(cluster, "kube-scheduler", [
-        str(binaries / "kube-scheduler"),
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--leader-elect=false", "--port=0", "--bind-address=127.0.0.1", "--secure-port=10259", "--v=1",
-    ])
+    _start(
+        cluster,
+        "kube-controller-manager",
+        [
+            str(binaries / "kube-controller-manager"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--controllers=*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--feature-gates=TTLAfterFinished=true",
+            "--leader-elect=false",
+            "--port=0",
+            "--bind-address=127.0.0.1",
+            "--secure-port=10257",
+            "--v=1",
+        ],
+    )
+    _start(
+        cluster,
+        "kube-scheduler",
+        [
+            str(binaries / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--port=0",
+            "--bind-address=127.0.0.1",
+            "--secure-port=10259",
+            "--v=1",
+        ],
+    )
     python = python or sys.executable
     venv_bin = str(Path(python).parent)
-    _start(cluster, "node-simulator", [
-        python, "-m", "k8s_cluster.node_simulator", f"--kubeconfig={kubeconfig}",
-        f"--state={cluster.state}", f"--workdir={REPO}", f"--path-prefix={venv_bin}",
-        f"--tls-cert={pki / 'kubelet.crt'}", f"--tls-key={pki / 'kubelet.key'}", f"--port={KUBELET_PORT}",
-    ], env={**os.environ, "PYTHONPATH": str(REPO)})
+    _start(
+        cluster,
+        "node-simulator",
+        [
+            python,
+            "-m",
+            "k8s_cluster.node_simulator",
+            f"--kubeconfig={kubeconfig}",
+            f"--state={cluster.state}",
+            f"--workdir={REPO}",
+            f"--path-prefix={venv_bin}",
+            f"--tls-cert={pki / 'kubelet.crt'}",
+            f"--tls-key={pki / 'kubelet.key'}",
+            f"--port={KUBELET_PORT}",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
     def ready() -> bool:
         status, body = _get(f"{cluster.server}/api/v1/nodes")
         nodes = json.loads(body).get("items", []) if status == 200 else []
         ready_nodes = {
-            n["metadata"]["name"] for n in nodes
+            n["metadata"]["name"]
+            for n in nodes
             if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
             and not any(t["key"].startswith("node.kubernetes.io/") for t in n.get("spec", {}).get("taints", []))
         }

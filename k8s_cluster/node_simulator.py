@@ -65,10 +65,17 @@ class NodeSimulator:
     def register_nodes(self, port: int) -> None:
         for name, spec in NODES.items():
             body = {
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {
-                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                    **spec["labels"]}},
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        **spec["labels"],
+                    },
+                },
             }
             try:
                 self.api.create_node(body)
@@ -78,23 +85,52 @@ class NodeSimulator:
             capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
             if spec["gpus"]:
                 capacity["nvidia.com/gpu"] = str(spec["gpus"])
-            self.api.patch_node_status(name, {"status": {
-                "capacity": capacity, "allocatable": capacity,
-                "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "node simulator ready",
-                     "lastHeartbeatTime": _now(), "lastTransitionTime": _now()},
-                    *({"type": t, "status": "False", "reason": "KubeletHasSufficient", "lastHeartbeatTime": _now(),
-                       "lastTransitionTime": _now()} for t in ("MemoryPressure", "DiskPressure", "PIDPressure")),
-                ],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-                "nodeInfo": {
-                    "machineID": name, "systemUUID": name, "bootID": name, "kernelVersion": os.uname().release,
-                    "osImage": "tagging-platform node simulator", "containerRuntimeVersion": "local://1.0",
-                    "kubeletVersion": "v1.20.2", "kubeProxyVersion": "v1.20.2", "operatingSystem": "linux",
-                    "architecture": "amd64",
+            self.api.patch_node_status(
+                name,
+                {
+                    "status": {
+                        "capacity": capacity,
+                        "allocatable": capacity,
+                        "conditions": [
+                            {
+                                "type": "Ready",
+                                "status": "True",
+                                "reason": "KubeletReady",
+                                "message": "node simulator ready",
+                                "lastHeartbeatTime": _now(),
+                                "lastTransitionTime": _now(),
+                            },
+                            *(
+                                {
+                                    "type": t,
+                                    "status": "False",
+                                    "reason": "KubeletHasSufficient",
+                                    "lastHeartbeatTime": _now(),
+                                    "lastTransitionTime": _now(),
+                                }
+                                for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
+                            ),
+                        ],
+                        "addresses": [
+                            {"type": "InternalIP", "address": "127.0.0.1"},
+                            {"type": "Hostname", "address": name},
+                        ],
+                        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+                        "nodeInfo": {
+                            "machineID": name,
+                            "systemUUID": name,
+                            "bootID": name,
+                            "kernelVersion": os.uname().release,
+                            "osImage": "tagging-platform node simulator",
+                            "containerRuntimeVersion": "local://1.0",
+                            "kubeletVersion": "v1.20.2",
+                            "kubeProxyVersion": "v1.20.2",
+                            "operatingSystem": "linux",
+                            "architecture": "amd64",
+                        },
+                    }
                 },
-            }})
+            )
             # Admission adds node.kubernetes.io/not-ready at creation; without a node lifecycle controller
             # nobody would lift it, so the "kubelet" sets the taints it wants itself.
             node = self.api.read_node(name)
@@ -126,10 +162,13 @@ class NodeSimulator:
             ref = var.value_from
             if ref.field_ref:
                 env[var.name] = {
-                    "metadata.name": pod.metadata.name, "metadata.namespace": namespace,
-                    "metadata.uid": pod.metadata.uid, "spec.nodeName": pod.spec.node_name,
+                    "metadata.name": pod.metadata.name,
+                    "metadata.namespace": namespace,
+                    "metadata.uid": pod.metadata.uid,
+                    "spec.nodeName": pod.spec.node_name,
                     "spec.serviceAccountName": pod.spec.service_account_name or "default",
-                    "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1",
+                    "status.podIP": "127.0.0.1",
+                    "status.hostIP": "127.0.0.1",
                 }.get(ref.field_ref.field_path, "")
             elif ref.config_map_key_ref:
                 data = self._config_map(namespace, ref.config_map_key_ref.name, ref.config_map_key_ref.optional)
@@ -173,9 +212,18 @@ class NodeSimulator:
         log_file = self.log_path(pod.metadata.namespace, pod.metadata.name, container.name).open("ab")
         try:
             env = self._env(pod)
-            cwd = container.working_dir if container.working_dir and os.path.isdir(container.working_dir) else self.workdir
+            cwd = (
+                container.working_dir
+                if container.working_dir and os.path.isdir(container.working_dir)
+                else self.workdir
+            )
             process = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except Exception as error:  # noqa: BLE001 - reported as the container's failure, like a runtime would
@@ -188,19 +236,32 @@ class NodeSimulator:
         with self.lock:
             self.running[uid] = entry
         log.info("started %s/%s pid %s: %s", pod.metadata.namespace, pod.metadata.name, process.pid, argv[:4])
-        self._patch_status(pod, {
-            "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": started_at,
-            "conditions": [
-                {"type": t, "status": "True", "lastTransitionTime": started_at}
-                for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
-            ],
-            "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": f"local://{container.image}",
-                "containerID": f"local://{process.pid}", "ready": True, "started": True, "restartCount": 0,
-                "state": {"running": {"startedAt": started_at}},
-            }],
-        })
+        self._patch_status(
+            pod,
+            {
+                "phase": "Running",
+                "hostIP": "127.0.0.1",
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "startTime": started_at,
+                "conditions": [
+                    {"type": t, "status": "True", "lastTransitionTime": started_at}
+                    for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+                ],
+                "containerStatuses": [
+                    {
+                        "name": container.name,
+                        "image": container.image,
+                        "imageID": f"local://{container.image}",
+                        "containerID": f"local://{process.pid}",
+                        "ready": True,
+                        "started": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": started_at}},
+                    }
+                ],
+            },
+        )
         threading.Thread(target=self._wait, args=(pod, entry), daemon=True).start()
 
     def _wait(self, pod, entry: PodProcess) -> None:
@@ -216,23 +277,38 @@ class NodeSimulator:
 
     def _report_terminated(self, pod, container: str, started_at: str, exit_code: int, reason: str, message) -> None:
         finished = _now()
-        terminated = {"exitCode": exit_code, "reason": reason, "startedAt": started_at, "finishedAt": finished,
-                      "containerID": f"local://{pod.metadata.uid}"}
+        terminated = {
+            "exitCode": exit_code,
+            "reason": reason,
+            "startedAt": started_at,
+            "finishedAt": finished,
+            "containerID": f"local://{pod.metadata.uid}",
+        }
         if message:
             terminated["message"] = message
-        self._patch_status(pod, {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-            "conditions": [
-                {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished}
-                for t in ("Ready", "ContainersReady")
-            ],
-            "containerStatuses": [{
-                "name": container, "image": pod.spec.containers[0].image,
-                "imageID": f"local://{pod.spec.containers[0].image}", "ready": False, "started": False,
-                "restartCount": 0, "state": {"terminated": terminated},
-            }],
-        })
+        self._patch_status(
+            pod,
+            {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "hostIP": "127.0.0.1",
+                "podIP": "127.0.0.1",
+                "conditions": [
+                    {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished}
+                    for t in ("Ready", "ContainersReady")
+                ],
+                "containerStatuses": [
+                    {
+                        "name": container,
+                        "image": pod.spec.containers[0].image,
+                        "imageID": f"local://{pod.spec.containers[0].image}",
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                ],
+            },
+        )
 
     def _patch_status(self, pod, status: dict) -> None:
         try:
@@ -263,9 +339,12 @@ class NodeSimulator:
         if delete:
             try:
                 self.api.delete_namespaced_pod(
-                    pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
-                    body=kubernetes.client.V1DeleteOptions(grace_period_seconds=0,
-                                                           preconditions={"uid": pod.metadata.uid}),
+                    pod.metadata.name,
+                    pod.metadata.namespace,
+                    grace_period_seconds=0,
+                    body=kubernetes.client.V1DeleteOptions(
+                        grace_period_seconds=0, preconditions={"uid": pod.metadata.uid}
+                    ),
                 )
             except ApiException as error:
                 if error.status not in (404, 409):
@@ -304,7 +383,8 @@ class NodeSimulator:
                 for pod in pods.items:
                     self.handle("ADDED", pod)
                 stream = watch.Watch().stream(
-                    self.api.list_pod_for_all_namespaces, resource_version=pods.metadata.resource_version,
+                    self.api.list_pod_for_all_namespaces,
+                    resource_version=pods.metadata.resource_version,
                     timeout_seconds=300,
                 )
                 for event in stream:
@@ -345,7 +425,7 @@ def serve_logs(simulator: NodeSimulator, port: int, cert: str, key: str) -> http
             query = urllib.parse.parse_qs(url.query)
             if "tailLines" in query:
                 lines = data.splitlines(keepends=True)
-                data = b"".join(lines[-int(query["tailLines"][0]):]) if int(query["tailLines"][0]) else b""
+                data = b"".join(lines[-int(query["tailLines"][0]) :]) if int(query["tailLines"][0]) else b""
             if "limitBytes" in query:
                 data = data[: int(query["limitBytes"][0])]
             self.send_response(200)

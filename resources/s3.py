@@ -11,8 +11,12 @@ class PlatformS3Resource(S3Resource):
     size as every other client of the platform, whatever runs it."""
 
     def get_client(self):
-        return s3.client_for("s3", self.endpoint_url, self.region_name, self.aws_access_key_id, self.aws_secret_access_key)
+        return s3.client_for(
+            "s3", self.endpoint_url, self.region_name, self.aws_access_key_id, self.aws_secret_access_key
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PlatformS3Resource":
-        return cls(endpoint_url=settings.s3_endpoint or None, region_name=settings.aws_region, **s3.credentials(settings))
+        return cls(
+            endpoint_url=settings.s3_endpoint or None, region_name=settings.aws_region, **s3.credentials(settings)
+        )

@@ -31,7 +31,9 @@ def build_canary_schedule(settings: Settings) -> dg.ScheduleDefinition:
         cron_schedule=settings.canary_cron,
         execution_timezone="UTC",
         job=tag_manifest_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING if settings.canary_enabled else dg.DefaultScheduleStatus.STOPPED,
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if settings.canary_enabled
+        else dg.DefaultScheduleStatus.STOPPED,
         description=f"Tags the canary's known photographs as batch {canary.PARTITION}, through the customers' path; "
         "its check canary_predictions_match compares the published tags with what a person expects.",
     )
@@ -56,7 +58,9 @@ def build_canary_schedule(settings: Settings) -> dg.ScheduleDefinition:
             uris.append(f"s3://{bucket}/{prefix}{name}")
         label = context.scheduled_execution_time.strftime("%Y%m%dT%H%M%SZ")
         body = json.dumps(canary.manifest(uris, label)).encode()
-        etag = client.put_object(Bucket=settings.warehouse_bucket, Key=canary.MANIFEST_KEY, Body=body)["ETag"].strip('"')
+        etag = client.put_object(Bucket=settings.warehouse_bucket, Key=canary.MANIFEST_KEY, Body=body)["ETag"].strip(
+            '"'
+        )
         obj = intake.ManifestObject(settings.warehouse_bucket, canary.MANIFEST_KEY, etag, len(body), time.time())
         intake.record_partition(client, settings.warehouse_bucket, canary.PARTITION, obj)
         # A schedule cannot return dynamic partition requests as a sensor does (Dagster 1.13 takes only run

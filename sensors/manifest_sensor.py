@@ -103,7 +103,9 @@ def _events_sensor(settings: Settings) -> dg.SensorDefinition:
         context.log.debug(f"{len(received)} message(s), {len(found)} manifest(s) in {time.monotonic() - started:.1f} s")
         # A message with a bad record is deleted too, once its good records' runs are recorded: the bad
         # record itself is in the dead-letter queue by then.
-        next_cursor = EventsCursor([m.receipt_handle for m in received if not m.error], cursor.bad_records + bad_records)
+        next_cursor = EventsCursor(
+            [m.receipt_handle for m in received if not m.error], cursor.bad_records + bad_records
+        )
         return _result(context, s3.get_client(), settings, found, next_cursor.serialize())
 
     return manifest_events_sensor
@@ -134,7 +136,9 @@ def _result(
     unique = list({obj.run_key: obj for obj in found}.values())  # an event delivered twice in one tick
     partitions = [intake.partition_for(obj, settings.manifest_prefix) for obj in unique]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p, o: intake.record_partition(client, settings.warehouse_bucket, p, o), partitions, unique))
+        list(
+            pool.map(lambda p, o: intake.record_partition(client, settings.warehouse_bucket, p, o), partitions, unique)
+        )
     new_partitions = list(dict.fromkeys(p for p in partitions if p not in known))
     run_requests = [
         dg.RunRequest(

@@ -68,7 +68,9 @@ class Verdict:
     passed: bool
 
     def describe(self) -> str:
-        got = ", ".join(f"{name} {confidence:.2f}" for name, confidence in self.actual) or f"{self.status}: {self.error}"
+        got = (
+            ", ".join(f"{name} {confidence:.2f}" for name, confidence in self.actual) or f"{self.status}: {self.error}"
+        )
         return f"{self.photograph} ({self.image}): expected {self.expected}, got {got}"
 
 
@@ -84,14 +86,20 @@ def load_expectations(path: str = "") -> list[Expectation]:
         if entry["photograph"] not in photos.PHOTOGRAPHS:
             raise CanaryError(f"{where}: {entry['photograph']!r} is not one of {sorted(photos.PHOTOGRAPHS)}")
         # A misspelt class or parent would never match and fail the canary for a reason no model can fix.
-        unknown = [t for t in entry["any_tag"] if t not in classes] + [p for p in entry["any_parent"] if p not in parents]
+        unknown = [t for t in entry["any_tag"] if t not in classes] + [
+            p for p in entry["any_parent"] if p not in parents
+        ]
         if unknown:
             raise CanaryError(f"{where}: {unknown[0]!r} is neither an ImageNet class nor a parent of one")
         if not (entry["any_tag"] or entry["any_parent"]) or entry["within_top"] < 1:
             raise CanaryError(f"{where}: needs within_top >= 1 and at least one of any_tag, any_parent")
         expectations.append(
             Expectation(
-                entry["photograph"], entry["shows"], int(entry["within_top"]), tuple(entry["any_tag"]), tuple(entry["any_parent"])
+                entry["photograph"],
+                entry["shows"],
+                int(entry["within_top"]),
+                tuple(entry["any_tag"]),
+                tuple(entry["any_parent"]),
             )
         )
     return expectations
@@ -132,7 +140,15 @@ def judge(objects: list[dict[str, Any]], expectations: list[Expectation]) -> lis
         obj = by_file.get(expectation.filename)
         if obj is None:
             verdicts.append(
-                Verdict("", expectation.photograph, expectation.describe(), [], "missing", "not in the published output", False)
+                Verdict(
+                    "",
+                    expectation.photograph,
+                    expectation.describe(),
+                    [],
+                    "missing",
+                    "not in the published output",
+                    False,
+                )
             )
             continue
         tags = obj.get("tags") or []

@@ -31,7 +31,8 @@ class EmbeddedS3:
         # (a test session and the platform a test starts) would otherwise share every bucket.
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = make_client(settings)
         deadline = time.monotonic() + timeout_s

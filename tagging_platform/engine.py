@@ -9,6 +9,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import resource
 import time
 import uuid
@@ -16,9 +17,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from botocore.exceptions import (
     ClientError,
     HTTPClientError,
@@ -26,9 +30,6 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 from botocore.exceptions import ConnectionError as S3ConnectionError
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from tagging_platform import layout, models, tags, tuning
@@ -51,9 +52,12 @@ _EXIF_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
+log = logging.getLogger(__name__)
+
 
 class ImageTooLarge(Image.DecompressionBombError):
     """An image whose header declares more pixels than allowed; nothing of it was decoded."""
+
 
 # How long the batch probe may time the model when a load finds no earlier choice for this kind of machine.
 PROBE_S = 1.5
@@ -103,7 +107,9 @@ class PlannedBatch:
     reused_key: str | None
 
 
-def plan_batch(s3_client, bucket: str, partition: str, manifest_etag: str, model: models.ModelRef, reused_rows) -> PlannedBatch:
+def plan_batch(
+    s3_client, bucket: str, partition: str, manifest_etag: str, model: models.ModelRef, reused_rows
+) -> PlannedBatch:
     """Store the rows planning reused (one PUT, named after the manifest version) and describe the batch."""
     if not reused_rows.num_rows:
         return PlannedBatch(partition, model, 0, None)
@@ -116,7 +122,9 @@ def plan_batch(s3_client, bucket: str, partition: str, manifest_etag: str, model
 def read_reused(s3_client, bucket: str, planned: PlannedBatch):
     if planned.reused_key is None:
         return tags.empty_tag_table()
-    return tags.conform(tags.from_parquet_bytes(s3_client.get_object(Bucket=bucket, Key=planned.reused_key)["Body"].read()))
+    return tags.conform(
+        tags.from_parquet_bytes(s3_client.get_object(Bucket=bucket, Key=planned.reused_key)["Body"].read())
+    )
 
 
 @dataclass
@@ -221,8 +229,16 @@ class Tagger:
         )
         options.setdefault("jpeg_device", "cuda" if device == "cuda" else None)
         return cls(
-            card, ref, network, device, batch_size=choice.batch_size, precision=chosen,
-            memory_format=choice.memory_format, batch_choice=choice, load_s=time.perf_counter() - started, **options,
+            card,
+            ref,
+            network,
+            device,
+            batch_size=choice.batch_size,
+            precision=chosen,
+            memory_format=choice.memory_format,
+            batch_choice=choice,
+            load_s=time.perf_counter() - started,
+            **options,
         )
 
     def decode(self, data: bytes):
@@ -399,8 +415,13 @@ class Tagger:
         """A chunk's figures before any image: how the model runs here, and where that choice came from."""
         choice = self.batch_choice or tuning.BatchChoice(self.batch_size, self.memory_format)
         return ChunkStats(
-            images=len(spec.images), model_load_s=self.load_s, precision=self.precision, batch_size=self.batch_size,
-            memory_format=self.memory_format, batch_source=choice.source, probe_ips=choice.rates_text(),
+            images=len(spec.images),
+            model_load_s=self.load_s,
+            precision=self.precision,
+            batch_size=self.batch_size,
+            memory_format=self.memory_format,
+            batch_source=choice.source,
+            probe_ips=choice.rates_text(),
         )
 
     def _row_lineage(self, spec: ChunkSpec, run_id: str) -> dict[str, Any]:
@@ -462,7 +483,7 @@ class Tagger:
                 return _Decoded(position, image, None, error=f"object is over {MAX_IMAGE_BYTES} bytes")
             data = response["Body"].read()
             etag = response["ETag"].strip('"')
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an error row with its reason
+        except Exception as exc:
             if _transient(exc):
                 # S3 away or throttled beyond botocore's retries says nothing about the image: an error row
                 # would publish a good image as failed for good. Failing the chunk (nothing of it is written
@@ -476,10 +497,16 @@ class Tagger:
             pixels = self.pixels(data)
         except Exception as exc:  # noqa: BLE001 - a bad image must never fail its chunk
             return _Decoded(
-                position, image, etag, error=_decode_error(exc), fetch_s=fetched - started,
+                position,
+                image,
+                etag,
+                error=_decode_error(exc),
+                fetch_s=fetched - started,
                 decode_s=time.perf_counter() - fetched,
             )
-        return _Decoded(position, image, etag, pixels, fetch_s=fetched - started, decode_s=time.perf_counter() - fetched)
+        return _Decoded(
+            position, image, etag, pixels, fetch_s=fetched - started, decode_s=time.perf_counter() - fetched
+        )
 
 
 class _ChunkTally:
@@ -493,10 +520,10 @@ class _ChunkTally:
 
     def add_error(self, decoded: _Decoded) -> None:
         self.stats.errors += 1
-        self.rows.append(self._row(decoded, tags.STATUS_ERROR, datetime.now(timezone.utc), error=decoded.error))
+        self.rows.append(self._row(decoded, tags.STATUS_ERROR, datetime.now(UTC), error=decoded.error))
 
     def add_tagged(self, batch: list[_Decoded], predictions: list[tuple[list[dict[str, Any]], str, float]]) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for decoded, (kept, top, top_conf) in zip(batch, predictions, strict=True):
             self.rows.append(self._row(decoded, tags.STATUS_OK, now, tags=kept, top_tag=top, top_confidence=top_conf))
 
@@ -617,11 +644,15 @@ def run_chunk(
     rest = [(p, i) for p, i in zip(spec.positions, spec.images, strict=True) if p not in committed.positions]
 
     def report(stats: ChunkStats) -> None:
-        figures = {"images": len(spec.images), "tagged": stats.tagged + committed.tagged, "errors": stats.errors + committed.errors}
+        figures = {
+            "images": len(spec.images),
+            "tagged": stats.tagged + committed.tagged,
+            "errors": stats.errors + committed.errors,
+        }
         try:
             s3_client.put_object(Bucket=warehouse_bucket, Key=spec.progress_key, Body=json.dumps(figures).encode())
-        except Exception:  # noqa: BLE001 - progress is a courtesy: S3 away must not fail the chunk, its marker will
-            pass
+        except Exception as exc:  # noqa: BLE001 - progress is a courtesy: S3 away must not fail the chunk, its marker will
+            log.debug("chunk %s: progress not written (%s)", spec.progress_key, exc)
         if progress:
             progress(stats)
 
@@ -808,8 +839,11 @@ def _plain_jpeg(data: bytes) -> bool:
             width, height = opened.size
             upright = opened.getexif().get(ExifTags.Base.Orientation, 1) == 1
             return (
-                opened.format == "JPEG" and opened.mode in ("RGB", "L") and upright
-                and width * height <= MAX_IMAGE_PIXELS and max(width, height) <= 2 * min(width, height)
+                opened.format == "JPEG"
+                and opened.mode in ("RGB", "L")
+                and upright
+                and width * height <= MAX_IMAGE_PIXELS
+                and max(width, height) <= 2 * min(width, height)
             )
     except Exception:  # noqa: BLE001 - Pillow decides what is wrong with it, with its reason
         return False

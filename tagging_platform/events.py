@@ -92,7 +92,10 @@ def _manifest_created(record: dict) -> ManifestObject | None:
     obj = s3["object"]
     etag = obj.get("eTag") or obj["etag"]
     return ManifestObject(
-        s3["bucket"]["name"], unquote_plus(obj["key"]), etag.strip('"'), int(obj.get("size", 0)),
+        s3["bucket"]["name"],
+        unquote_plus(obj["key"]),
+        etag.strip('"'),
+        int(obj.get("size", 0)),
         _epoch(record.get("eventTime", "")),
     )
 

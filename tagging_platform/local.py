@@ -118,7 +118,18 @@ class LocalPlatform:
         (self.dagster_home / "dagster.yaml").write_text(instance_yaml(self.settings, self.postgres_url))
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-w", str(self.workspace), "-h", "127.0.0.1", "-p", str(self.ui_port)],
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-w",
+                str(self.workspace),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.ui_port),
+            ],
             cwd=self.workspace.parent,
             env=self.env,
             stdout=log,

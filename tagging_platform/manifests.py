@@ -497,10 +497,10 @@ def _publishing_fields(obj: dict) -> tuple[str | None, int | None, float | None]
     if max_labels is not None and (type(max_labels) is not int or max_labels < 0):
         raise ManifestError('field "max_labels": expected a whole number of labels, 0 or more')
     min_confidence = obj.get("min_confidence")
-    if min_confidence is not None and (
-        type(min_confidence) not in (int, float) or not 0 <= min_confidence <= 100
-    ):
-        raise ManifestError('field "min_confidence": expected a number from 0 to 100 (a percentage, as in DetectLabels)')
+    if min_confidence is not None and (type(min_confidence) not in (int, float) or not 0 <= min_confidence <= 100):
+        raise ManifestError(
+            'field "min_confidence": expected a number from 0 to 100 (a percentage, as in DetectLabels)'
+        )
     return output_format, max_labels, None if min_confidence is None else float(min_confidence)
 
 

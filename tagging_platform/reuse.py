@@ -70,8 +70,12 @@ def record(s3_client, bucket: str, partition: str, table: pa.Table) -> int:
     """
     indexed = 0
     ok = table.filter(pc.equal(table.column("status"), tags.STATUS_OK))
-    for name, version in {(n, v) for n, v in zip(ok.column("model_name").to_pylist(), ok.column("model_version").to_pylist())}:
-        rows = ok.filter(pc.and_(pc.equal(ok.column("model_name"), name), pc.equal(ok.column("model_version"), version)))
+    for name, version in {
+        (n, v) for n, v in zip(ok.column("model_name").to_pylist(), ok.column("model_version").to_pylist())
+    }:
+        rows = ok.filter(
+            pc.and_(pc.equal(ok.column("model_name"), name), pc.equal(ok.column("model_version"), version))
+        )
         entries = _dedupe(
             {
                 "etag": row["etag"],
@@ -80,8 +84,7 @@ def record(s3_client, bucket: str, partition: str, table: pa.Table) -> int:
                 "top_confidence": row["top_confidence"],
                 "tagged_at": row["tagged_at"],
                 "precision": row.get("precision"),
-                "origin": row.get("reused_from")
-                or {k: row[k] for k in ("manifest", "partition", "run_id", "chunk")},
+                "origin": row.get("reused_from") or {k: row[k] for k in ("manifest", "partition", "run_id", "chunk")},
             }
             for row in rows.to_pylist()
             if row["etag"]
@@ -171,7 +174,13 @@ def plan_reuse(
 
 
 def split_by_index(
-    s3_client, bucket: str, model: ModelRef, batch: dict[str, str], run_id: str, positions: list[int], images: list[str],
+    s3_client,
+    bucket: str,
+    model: ModelRef,
+    batch: dict[str, str],
+    run_id: str,
+    positions: list[int],
+    images: list[str],
     etags: list[str | None],
 ) -> Reused:
     """plan_reuse once the images' ETags are known: one index lookup, then the reused rows and the rest."""
@@ -255,7 +264,9 @@ def _head_etag(s3_client, uri: str) -> str | None:
 
 
 def _index_keys(s3_client, bucket: str, model: ModelRef) -> list[str]:
-    return [item["Key"] for item in list_objects(s3_client, bucket, index_prefix(model)) if item["Key"].endswith(".parquet")]
+    return [
+        item["Key"] for item in list_objects(s3_client, bucket, index_prefix(model)) if item["Key"].endswith(".parquet")
+    ]
 
 
 def _dedupe(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -83,7 +83,7 @@ def shown(value: str) -> str:
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """"s3://bucket/key" -> ("bucket", "key"); the key is "" for "s3://bucket" or "s3://bucket/"."""
+    """ "s3://bucket/key" -> ("bucket", "key"); the key is "" for "s3://bucket" or "s3://bucket/"."""
     match = _S3_URI.match(uri)
     if match:
         return match.group(1), match.group(2) or ""

@@ -234,7 +234,9 @@ class Settings(BaseSettings):
             raise SettingsError(_explain(exc)) from None
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         """The process environment only for from_env(); otherwise what the constructor is given."""
         return (init_settings, env_settings) if _FROM_PROCESS_ENV.get() else (init_settings,)
 
@@ -274,7 +276,9 @@ class Settings(BaseSettings):
         if self.batch_size < 0:
             raise ValueError(f"TP_BATCH_SIZE must be 0 (measured) or a batch size, not {self.batch_size}")
         if self.api_max_tag_pixels > self.api_decode_budget_pixels:
-            raise ValueError("TP_API_MAX_TAG_PIXELS must not exceed TP_API_DECODE_BUDGET_PIXELS: that image could never decode")
+            raise ValueError(
+                "TP_API_MAX_TAG_PIXELS must not exceed TP_API_DECODE_BUDGET_PIXELS: that image could never decode"
+            )
         for name in ("api_tag_batch_window_ms", "api_tag_rate_per_s", "api_max_active_batches"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"TP_{name.upper()} must not be negative (0: none), not {getattr(self, name)!r}")
@@ -296,7 +300,14 @@ class Settings(BaseSettings):
         return self
 
     def _validate_planning(self) -> None:
-        for name in ("ms_per_image", "max_gpus", "deadline_min", "min_chunk_images", "checkpoint_images", "checkpoint_s"):
+        for name in (
+            "ms_per_image",
+            "max_gpus",
+            "deadline_min",
+            "min_chunk_images",
+            "checkpoint_images",
+            "checkpoint_s",
+        ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"TP_{name.upper()} must be positive, not {getattr(self, name)!r}")
         if self.startup_s < 0:
@@ -316,7 +327,9 @@ class Settings(BaseSettings):
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed, validated like any other settings."""
-        return type(self).from_env({**self.as_env(), **{f"{ENV_PREFIX}{k.upper()}": _env_value(v) for k, v in changes.items()}})
+        return type(self).from_env(
+            {**self.as_env(), **{f"{ENV_PREFIX}{k.upper()}": _env_value(v) for k, v in changes.items()}}
+        )
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in another process (a step, a pod)."""
@@ -337,7 +350,9 @@ def _explain(exc: ValidationError) -> str:
     for error in exc.errors():
         field = error["loc"][0] if error["loc"] else None
         if isinstance(field, str):
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg'].removeprefix('Value error, ')}, not {error['input']!r}")
+            problems.append(
+                f"{ENV_PREFIX}{field.upper()}: {error['msg'].removeprefix('Value error, ')}, not {error['input']!r}"
+            )
         else:
             problems.append(error["msg"].removeprefix("Value error, "))
     return "; ".join(problems)

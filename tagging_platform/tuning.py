@@ -183,7 +183,9 @@ def cached_choice(s3_client, ref: models.ModelRef, precision: str, identity: dic
     return BatchChoice(stored["batch_size"], stored["memory_format"], "cache", stored["rates"])
 
 
-def store_choice(s3_client, ref: models.ModelRef, precision: str, identity: dict[str, Any], choice: BatchChoice) -> None:
+def store_choice(
+    s3_client, ref: models.ModelRef, precision: str, identity: dict[str, Any], choice: BatchChoice
+) -> None:
     record = {
         "model": ref.name,
         "model_version": ref.version,

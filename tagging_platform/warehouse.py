@@ -53,7 +53,9 @@ def load_tags(
     return table.to_pandas()
 
 
-def query(sql: str, settings: Settings | None = None, manifests: list[str] | None = None, model: str | None = None) -> pa.Table:
+def query(
+    sql: str, settings: Settings | None = None, manifests: list[str] | None = None, model: str | None = None
+) -> pa.Table:
     """SQL over the views `tags` (one row per image), `tag_labels` (per image and tag), `tag_parents` (per parent)."""
     import duckdb
 

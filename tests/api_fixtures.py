@@ -92,8 +92,11 @@ def dagster_webserver(tmp_path_factory):
 def api_settings(settings: Settings, embedded_s3, dagster_webserver) -> Settings:
     # The per-customer limits are off here: many tests submit as acme, and test_limits.py has servers of its own.
     return settings.replace(
-        dagster_url=dagster_webserver[0], api_max_body_bytes=MAX_BODY, api_max_tag_images=3,
-        api_max_active_batches=0, api_tag_rate_per_s=0,
+        dagster_url=dagster_webserver[0],
+        api_max_body_bytes=MAX_BODY,
+        api_max_tag_images=3,
+        api_max_active_batches=0,
+        api_tag_rate_per_s=0,
         # The stand-in job's runs are the tests' own (run_stub): the API launches none of its own here.
         api_launch_runs=False,
     )

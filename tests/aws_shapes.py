@@ -20,7 +20,9 @@ def problems(value: object, shape_name: str, shapes: dict, path: str = "$") -> l
         if not isinstance(value, dict):
             return [f"{path}: expected an object ({shape_name}), got {type(value).__name__}"]
         found = [f"{path}: {name!r} is not a member of {shape_name}" for name in value if name not in shape["members"]]
-        found += [f"{path}: required member {name!r} missing" for name in shape.get("required", []) if name not in value]
+        found += [
+            f"{path}: required member {name!r} missing" for name in shape.get("required", []) if name not in value
+        ]
         for name, member in shape["members"].items():
             if name in value:
                 found += problems(value[name], member["shape"], shapes, f"{path}.{name}")

@@ -101,7 +101,10 @@ def apt_install(*packages: str) -> None:
     subprocess.run(["apt-get", *wait_for_lock, "update", "-q"], check=True, capture_output=True)
     installed = subprocess.run(
         ["apt-get", *wait_for_lock, "install", "-y", "-q", *packages],
-        check=False, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
     assert installed.returncode == 0, f"apt-get install {' '.join(packages)} failed:\n{installed.stderr[-2000:]}"
 
@@ -156,7 +159,8 @@ def pushgateway() -> str:
     port = free_port()
     server = subprocess.Popen(
         ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

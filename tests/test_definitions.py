@@ -32,7 +32,10 @@ def test_definitions_load_with_every_asset_check_sensor_and_job():
     assert _asset_names(defs) == ASSETS
     assert _check_names(defs) == CHECKS
     assert {s.name for s in defs.sensors} == {
-        "manifest_sensor", "model_registry_sensor", "failed_run_sensor", "quality_history_automation"
+        "manifest_sensor",
+        "model_registry_sensor",
+        "failed_run_sensor",
+        "quality_history_automation",
     }
     assert {s.name for s in defs.schedules} == {"canary_schedule"}
     for job in ("tag_manifest", "publish_model"):
@@ -73,7 +76,10 @@ def test_the_canary_runs_every_half_hour_unless_a_setting_stops_it():
 def test_one_setting_switches_intake_to_s3_events():
     definitions = build_definitions(Settings.from_env({"TP_INTAKE": "events"}))
     assert {s.name for s in definitions.sensors} == {
-        "manifest_events_sensor", "model_registry_sensor", "failed_run_sensor", "quality_history_automation"
+        "manifest_events_sensor",
+        "model_registry_sensor",
+        "failed_run_sensor",
+        "quality_history_automation",
     }
     assert definitions.resolve_sensor_def("manifest_events_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 

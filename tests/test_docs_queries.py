@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def readme_examples() -> list[tuple[str, str]]:
     text = (REPO / "docs" / "querying.md").read_text()
-    section = text[text.index("<!-- queries:"):text.index("<!-- end of queries -->")]
+    section = text[text.index("<!-- queries:") : text.index("<!-- end of queries -->")]
     return re.findall(r"```sh\n(.+?)\n```\n```text\n(.*?)\n```", section, flags=re.DOTALL)
 
 
@@ -37,7 +37,9 @@ def test_readme_queries_print_what_the_readme_shows(tmp_path):
     examples = readme_examples()
     assert len(examples) >= 4 and all(command.startswith(".venv/bin/tagging-platform query") for command, _ in examples)
     overrides = {"TP_SENSOR_INTERVAL_S": "2"}
-    with LocalPlatform(REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home") as platform:
+    with LocalPlatform(
+        REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home"
+    ) as platform:
         # The README's two submissions: `submit --photos --name photos` and `--variants 1 --name originals`.
         for name, variants in (("photos", 4), ("originals", 1)):
             upload_batch(platform.s3(), platform.settings, name, photos.sample_set(variants_per_photo=variants))
@@ -47,7 +49,9 @@ def test_readme_queries_print_what_the_readme_shows(tmp_path):
         for command, shown in examples:
             argv = shlex.split(command)
             argv[0] = str(REPO / argv[0])
-            completed = subprocess.run(argv, cwd=REPO, env=env, check=False, capture_output=True, text=True, timeout=120)
+            completed = subprocess.run(
+                argv, cwd=REPO, env=env, check=False, capture_output=True, text=True, timeout=120
+            )
             assert completed.returncode == 0, completed.stderr
             expected, printed = cells(shown), cells(completed.stdout)
             assert len(printed) == len(expected), f"{command}\nREADME:\n{shown}\nprinted:\n{completed.stdout}"

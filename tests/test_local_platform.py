@@ -18,7 +18,11 @@ pytestmark = pytest.mark.e2e
 def test_make_demo_tags_every_photograph_through_the_sensor():
     completed = subprocess.run(
         [sys.executable, "-m", "tagging_platform.cli", "demo", "--variants", "1", "--timeout", "600"],
-        cwd=REPO, check=False, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     last = completed.stdout.strip().splitlines()[-1]

@@ -23,7 +23,12 @@ TIMEOUT_S = 600
 def _cli(platform: LocalPlatform, *args: str, check: bool = True) -> str:
     completed = subprocess.run(
         [sys.executable, "-m", "tagging_platform.cli", *args],
-        cwd=REPO, env={**platform.env, "TP_DAGSTER_URL": platform.ui_url}, check=False, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env={**platform.env, "TP_DAGSTER_URL": platform.ui_url},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0 or not check, completed.stdout + completed.stderr
     return completed.stdout
@@ -52,7 +57,10 @@ def _output(platform: LocalPlatform, partition: str, ref: models.ModelRef) -> tu
 
 def test_a_new_model_version_is_retagged_by_a_backfill_of_exactly_the_stale_batches(tmp_path):
     overrides = {
-        "TP_SENSOR_INTERVAL_S": "2", "TP_MAX_CHUNK_IMAGES": "4", "TP_MIN_CHUNK_IMAGES": "1", "TP_CANARY_ENABLED": "0",
+        "TP_SENSOR_INTERVAL_S": "2",
+        "TP_MAX_CHUNK_IMAGES": "4",
+        "TP_MIN_CHUNK_IMAGES": "1",
+        "TP_CANARY_ENABLED": "0",
     }
     platform = LocalPlatform(REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home")
     with platform:
@@ -82,7 +90,8 @@ def test_a_new_model_version_is_retagged_by_a_backfill_of_exactly_the_stale_batc
         backfill = re.search(r"launched backfill (\S+) of 2 batches", launched).group(1)
         status = _wait(
             lambda: (s := platform.dagster.backfill_status(backfill)) not in ("REQUESTED", "CANCELING") and s,
-            "the backfill", platform,
+            "the backfill",
+            platform,
         )
         assert status in ("COMPLETED", "COMPLETED_SUCCESS"), (status, platform.log_path)
 
@@ -100,8 +109,14 @@ def test_a_new_model_version_is_retagged_by_a_backfill_of_exactly_the_stale_batc
         # quality_history_automation brings tag_quality_history up to date: each batch against the old version.
         compared = _wait(
             # Until its first materialization `compare` says there is no history yet.
-            lambda: (out := _cli(platform, "compare", check=False)).count(f"versions {old.short_version} > {new.short_version}") == 2
-            and out,
-            "the version comparison in tag_quality_history", platform,
+            lambda: (
+                (out := _cli(platform, "compare", check=False)).count(
+                    f"versions {old.short_version} > {new.short_version}"
+                )
+                == 2
+                and out
+            ),
+            "the version comparison in tag_quality_history",
+            platform,
         )
         assert re.search(r"top-1 agreement [\d.]+%, top-5 agreement [\d.]+%, confidence shift [+-][\d.]+", compared)

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.e2e
 SCREENSHOTS = REPO / "docs" / "screenshots"
 # Without these Chromium keeps trying to reach Google's services, which this machine's network refuses.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -34,7 +39,9 @@ def test_operators_see_the_asset_graph_checks_and_quality_metadata(chromium, tmp
     from playwright.sync_api import expect, sync_playwright
 
     overrides = {"TP_MAX_CHUNK_IMAGES": "4", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2"}
-    with LocalPlatform(REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home") as platform:
+    with LocalPlatform(
+        REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home"
+    ) as platform:
         key = upload_batch(platform.s3(), platform.settings, "ui-photos", photos.sample_set(variants_per_photo=1))
         partition = partition_key_for(key, platform.settings.manifest_prefix)
         assert platform.wait_for_run(partition, timeout_s=600)["status"] == "SUCCESS"
@@ -54,8 +61,15 @@ def test_operators_see_the_asset_graph_checks_and_quality_metadata(chromium, tmp
             visit("/asset-groups", "model", "intake", "tagging", "publishing", "quality")
             page.screenshot(path=str(SCREENSHOTS / "asset-graph.png"))
 
-            visit("/assets", "tagger_model", "manifest", "image_tags", "published_tags", "tag_quality_metrics",
-                  "tag_quality_history")
+            visit(
+                "/assets",
+                "tagger_model",
+                "manifest",
+                "image_tags",
+                "published_tags",
+                "tag_quality_metrics",
+                "tag_quality_history",
+            )
             page.screenshot(path=str(SCREENSHOTS / "catalog.png"))
 
             visit(f"/assets/tag_quality_metrics?partition={partition}", "coverage", "low_confidence_share", "top_tags")

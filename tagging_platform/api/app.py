@@ -129,7 +129,9 @@ def create_app(settings: Settings | None = None, *, dagster: DagsterClient | Non
     app.state.s3 = client
     app.state.metrics = metrics
     app.state.customers = customers
-    app.state.batches = Batches(client, settings, customers, dagster or DagsterClient(settings.dagster_url, timeout_s=15))
+    app.state.batches = Batches(
+        client, settings, customers, dagster or DagsterClient(settings.dagster_url, timeout_s=15)
+    )
     app.state.tag_rate = TagRateLimit(settings.api_tag_rate_per_s, settings.api_tag_burst)
     app.state.models = ModelCache(
         client, settings, on_load=lambda ref, seconds: metrics.model_load_seconds.labels(ref.name).observe(seconds)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,8 +25,8 @@ from botocore.exceptions import ClientError
 
 from tagging_platform import intake, layout, models, publishing
 from tagging_platform.api.errors import ApiError
-from tagging_platform.api.launch import Launcher
 from tagging_platform.api.keys import Customer, CustomerStore
+from tagging_platform.api.launch import Launcher
 from tagging_platform.api.limits import ActiveBatchLimit
 from tagging_platform.dagster_client import DagsterClient, DagsterError
 from tagging_platform.manifests import (
@@ -64,7 +64,7 @@ _EXCEPTION_NAME = re.compile(r"\A(?:[A-Za-z_]\w*\.)*\w*(?:Error|Exception|Failur
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Batches:
@@ -99,16 +99,26 @@ class Batches:
         """`publish_options`: the native manifest's output_format, max_labels and min_confidence, as given."""
         settings = self.settings
         if (images is None) == (manifest_uri is None):
-            raise ApiError(422, "invalid_request", 'give exactly one of "images" (the manifest itself) or "manifest" (an s3:// URI)')
+            raise ApiError(
+                422,
+                "invalid_request",
+                'give exactly one of "images" (the manifest itself) or "manifest" (an s3:// URI)',
+            )
         if manifest_uri is not None:
             source = self._read_manifest(customer, manifest_uri)
-            images, model, output, reference = list(source.images), model or source.model, output or source.output, reference or source.id
+            images, model, output, reference = (
+                list(source.images),
+                model or source.model,
+                output or source.output,
+                reference or source.id,
+            )
             given = {name: getattr(source, name) for name in ("output_format", "max_labels", "min_confidence")}
             publish_options = {**{k: v for k, v in given.items() if v is not None}, **(publish_options or {})}
         output = output if output is not None else customer.default_output
         if isinstance(output, str) and not customer.may_write(output):
             raise ApiError(
-                403, "output_forbidden",
+                403,
+                "output_forbidden",
                 f"output {output[:200]} is outside your output locations [{', '.join(customer.output_prefixes)}]",
                 {"field": "output", "allowed": list(customer.output_prefixes)},
             )
@@ -121,7 +131,9 @@ class Batches:
         for number, uri in enumerate(parsed.images, 1):
             if not customer.may_read(uri):
                 raise ApiError(
-                    403, "image_forbidden", f"entry {number}: {uri[:200]} is outside your image locations",
+                    403,
+                    "image_forbidden",
+                    f"entry {number}: {uri[:200]} is outside your image locations",
                     {"field": "images", "entry": number},
                 )
         document["output"] = parsed.output  # normalised: ends with "/"
@@ -147,13 +159,19 @@ class Batches:
         record_key = self._record_key(customer, batch_id)
         # The record first: a manifest whose record is missing would run but be invisible to its customer.
         self.s3.put_object(
-            Bucket=settings.warehouse_bucket, Key=record_key, Body=json.dumps(record).encode(), ContentType="application/json"
+            Bucket=settings.warehouse_bucket,
+            Key=record_key,
+            Body=json.dumps(record).encode(),
+            ContentType="application/json",
         )
         body = json.dumps(document).encode()
         launching = self.launcher.enabled
         try:
             written = self.s3.put_object(
-                Bucket=settings.manifest_bucket, Key=manifest_key, Body=body, ContentType="application/json",
+                Bucket=settings.manifest_bucket,
+                Key=manifest_key,
+                Body=body,
+                ContentType="application/json",
                 # Tells the manifest sensor to leave this manifest to the launch below for a while.
                 Metadata={intake.LAUNCHED_BY: "api"} if launching else {},
             )
@@ -170,7 +188,9 @@ class Batches:
     def _newest_ids(self, customer: str, count: int) -> list[str]:
         """The customer's `count` newest batch ids (a batch id starts with its submission time)."""
         prefix = self.customers.batches_prefix(customer)
-        keys = sorted((item["Key"] for item in list_objects(self.s3, self.settings.warehouse_bucket, prefix)), reverse=True)
+        keys = sorted(
+            (item["Key"] for item in list_objects(self.s3, self.settings.warehouse_bucket, prefix)), reverse=True
+        )
         return [key[len(prefix) :].removesuffix(".json") for key in keys[:count]]
 
     def _run_over(self, batch_id: str) -> bool:
@@ -189,12 +209,15 @@ class Batches:
         # Refused before anything is read: whether an object outside them exists is never told.
         if not key or key.endswith("/") or not customer.may_read(uri):
             raise ApiError(
-                403, "manifest_forbidden", f"{uri[:200]} is not a manifest inside your image locations",
+                403,
+                "manifest_forbidden",
+                f"{uri[:200]} is not a manifest inside your image locations",
                 {"field": "manifest", "allowed": list(customer.image_prefixes)},
             )
         if {".", ".."} & set(unquote(key).split("/")):
             raise ApiError(
-                422, "invalid_manifest",
+                422,
+                "invalid_manifest",
                 f'field "manifest": {uri[:200]}: the key contains a "." or ".." path segment (literal or percent-encoded)',
                 {"field": "manifest"},
             )
@@ -203,11 +226,15 @@ class Batches:
             response = self.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if is_not_found(exc):
-                raise ApiError(422, "manifest_not_found", f"{uri[:200]} does not exist", {"field": "manifest"}) from None
+                raise ApiError(
+                    422, "manifest_not_found", f"{uri[:200]} does not exist", {"field": "manifest"}
+                ) from None
             raise
         if response["ContentLength"] > limit:
             response["Body"].close()
-            raise ApiError(413, "manifest_too_large", f"{uri[:200]} is larger than {limit} bytes", {"field": "manifest"})
+            raise ApiError(
+                413, "manifest_too_large", f"{uri[:200]} is larger than {limit} bytes", {"field": "manifest"}
+            )
         return self._parse(response["Body"].read(), uri)
 
     def _parse(self, data: bytes, source: str) -> Manifest:
@@ -251,7 +278,9 @@ class Batches:
     def list(self, customer: Customer, limit: int) -> list[dict[str, Any]]:
         """The customer's batches, newest first (batch ids start with the submission time)."""
         prefix = self.customers.batches_prefix(customer.name)
-        keys = sorted((item["Key"] for item in list_objects(self.s3, self.settings.warehouse_bucket, prefix)), reverse=True)
+        keys = sorted(
+            (item["Key"] for item in list_objects(self.s3, self.settings.warehouse_bucket, prefix)), reverse=True
+        )
         keys = keys[:limit]
         with ThreadPoolExecutor(8) as pool:
             bodies = pool.map(
@@ -358,7 +387,9 @@ class Batches:
         """Live counts while a run is under way: each finished chunk's stored figures, else its latest progress."""
         bucket = self.settings.warehouse_bucket
         model = record["model"]
-        prefix = f"{layout.chunks_prefix(batch_id)}model={model['name']}-{model['version'].removeprefix('sha256:')[:16]}/"
+        prefix = (
+            f"{layout.chunks_prefix(batch_id)}model={model['name']}-{model['version'].removeprefix('sha256:')[:16]}/"
+        )
         results: dict[str, str] = {}
         progress: dict[str, str] = {}
         for item in itertools.islice(list_objects(self.s3, bucket, prefix), _MAX_CHUNKS_READ):
@@ -372,7 +403,9 @@ class Batches:
             key, is_result = item
             try:
                 if is_result:
-                    return json.loads(self.s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("stats", "{}"))
+                    return json.loads(
+                        self.s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("stats", "{}")
+                    )
                 return json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
             except (ClientError, ValueError):
                 return {}
@@ -414,4 +447,4 @@ def batch_state(counts: dict[str, int], checks: list[dict[str, Any]], *, publish
 def _iso(timestamp: float | None) -> str | None:
     if not timestamp:
         return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

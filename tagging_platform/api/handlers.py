@@ -34,7 +34,9 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
     code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return JSONResponse(ApiError(exc.status_code, code, message).body(), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(
+        ApiError(exc.status_code, code, message).body(), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

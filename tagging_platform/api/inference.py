@@ -39,7 +39,9 @@ class _Entry:
 
 
 class ModelCache:
-    def __init__(self, s3_client, settings: Settings, on_load: Callable[[models.ModelRef, float], None] | None = None) -> None:
+    def __init__(
+        self, s3_client, settings: Settings, on_load: Callable[[models.ModelRef, float], None] | None = None
+    ) -> None:
         self.s3 = s3_client
         self.settings = settings
         self.on_load = on_load
@@ -105,9 +107,12 @@ class ModelCache:
 
     def _decode(self, tagger: Tagger, index: int, filename: str, data: bytes):
         """One upload to the model's input: its header checked first, then decoded within the pixel budget."""
+
         def refused(status: int, code: str, reason: str) -> ApiError:
             return ApiError(
-                status, code, f"file {index + 1} ({filename[:100]}): {reason[:300]}",
+                status,
+                code,
+                f"file {index + 1} ({filename[:100]}): {reason[:300]}",
                 {"field": "image", "index": index, "filename": filename[:200]},
             )
 
@@ -143,7 +148,11 @@ class ModelCache:
                     "sha256": hashlib.sha256(data).hexdigest(),
                     "status": "ok",
                     "tags": [
-                        {"name": t["name"], "confidence": round(float(t["confidence"]), 4), "parents": list(t.get("parents") or [])}
+                        {
+                            "name": t["name"],
+                            "confidence": round(float(t["confidence"]), 4),
+                            "parents": list(t.get("parents") or []),
+                        }
                         for t in kept
                     ],
                     "top_tag": top,
@@ -154,5 +163,8 @@ class ModelCache:
             "model": {"name": ref.name, "version": ref.version},
             "results": results,
             # inference: the wait for the shared pass and the pass.
-            "timing_ms": {"decode": round((decoded - started) * 1000, 1), "inference": round((finished - decoded) * 1000, 1)},
+            "timing_ms": {
+                "decode": round((decoded - started) * 1000, 1),
+                "inference": round((finished - decoded) * 1000, 1),
+            },
         }

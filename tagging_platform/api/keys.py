@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from tagging_platform.s3 import S3UriError, read_bytes, split_uri
@@ -189,7 +189,9 @@ class CustomerStore:
         if record.get("all_images"):
             images = tuple(_as_uri_prefix(p) for p in self.settings.allowed_image_prefixes)
         else:
-            images = tuple(record.get("image_prefixes") or ()) or (default_image_prefix(record["customer"], self.settings),)
+            images = tuple(record.get("image_prefixes") or ()) or (
+                default_image_prefix(record["customer"], self.settings),
+            )
         return Customer(record["customer"], tuple(record["output_prefixes"]), images)
 
     def _cached(self, customer: str) -> dict | None:
@@ -211,4 +213,4 @@ class CustomerStore:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -68,7 +68,9 @@ class Launcher:
         except (DagsterError, ClientError, BotoCoreError) as exc:
             log.warning(
                 "batch %s: launching its run failed (%s); the manifest sensor requests it within %.0f s",
-                batch_id, exc, self.settings.api_launch_grace_s + self.settings.sensor_interval_s,
+                batch_id,
+                exc,
+                self.settings.api_launch_grace_s + self.settings.sensor_interval_s,
             )
             return None
 

@@ -47,10 +47,16 @@ class TagRateLimit:
             self._buckets[customer] = (tokens, now)
         wait_s = max(1, math.ceil((1 - tokens) / self.rate_per_s))
         raise ApiError(
-            429, "rate_limited",
+            429,
+            "rate_limited",
             f"more than {self.rate_per_s:g} POST /v1/tag requests a second (bursts of {self.burst}) from your key: "
             f"the limit TP_API_TAG_RATE_PER_S; retry after {wait_s} s",
-            {"limit": "TP_API_TAG_RATE_PER_S", "rate_per_s": self.rate_per_s, "burst": self.burst, "retry_after_s": wait_s},
+            {
+                "limit": "TP_API_TAG_RATE_PER_S",
+                "rate_per_s": self.rate_per_s,
+                "burst": self.burst,
+                "retry_after_s": wait_s,
+            },
         )
 
 
@@ -86,11 +92,15 @@ class ActiveBatchLimit:
                 active -= {batch_id for batch_id in list(active) if self._finished(batch_id)}
             if len(active) >= self.limit:
                 raise ApiError(
-                    429, "too_many_batches",
+                    429,
+                    "too_many_batches",
                     f"you have {len(active)} unfinished batches, the most a customer may have (the limit "
                     f"TP_API_MAX_ACTIVE_BATCHES is {self.limit}); retry once one has finished",
-                    {"limit": "TP_API_MAX_ACTIVE_BATCHES", "max_active_batches": self.limit,
-                     "retry_after_s": BATCH_RETRY_AFTER_S},
+                    {
+                        "limit": "TP_API_MAX_ACTIVE_BATCHES",
+                        "max_active_batches": self.limit,
+                        "retry_after_s": BATCH_RETRY_AFTER_S,
+                    },
                 )
             record = accept()
             active.add(record["batch_id"])

@@ -90,7 +90,9 @@ class PixelBudget:
                     if self.in_use + pixels <= self.capacity:
                         break
                     raise ApiError(
-                        503, "busy", "the server is decoding as many images as it may; retry in a few seconds",
+                        503,
+                        "busy",
+                        "the server is decoding as many images as it may; retry in a few seconds",
                         {"retry_after_s": 5},
                     )
             self.in_use += pixels

@@ -22,29 +22,43 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "tagging_api_requests", "HTTP requests by route, method and status.", ["route", "method", "status"],
+            "tagging_api_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "tagging_api_request_seconds", "Time to answer, by route.", ["route", "method"], registry=self.registry,
+            "tagging_api_request_seconds",
+            "Time to answer, by route.",
+            ["route", "method"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.images_tagged = Counter(
-            "tagging_api_images", "Images tagged synchronously by POST /v1/tag, by model and outcome.",
-            ["model", "status"], registry=self.registry,
+            "tagging_api_images",
+            "Images tagged synchronously by POST /v1/tag, by model and outcome.",
+            ["model", "status"],
+            registry=self.registry,
         )
         self.images_per_second = Histogram(
-            "tagging_api_images_per_second", "Throughput of one POST /v1/tag request.", ["model"],
-            registry=self.registry, buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+            "tagging_api_images_per_second",
+            "Throughput of one POST /v1/tag request.",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200),
         )
         self.model_load_seconds = Histogram(
-            "tagging_api_model_load_seconds", "Time to load a model into the API process.", ["model"],
-            registry=self.registry, buckets=(0.5, 1, 2, 5, 10, 20, 60),
+            "tagging_api_model_load_seconds",
+            "Time to load a model into the API process.",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.5, 1, 2, 5, 10, 20, 60),
         )
         self.submissions = Counter(
             "tagging_api_batch_submissions",
             "POST /v1/batches by outcome (accepted or refused) and the error code of a refusal (none when accepted).",
-            ["outcome", "code"], registry=self.registry,
+            ["outcome", "code"],
+            registry=self.registry,
         )
 
     def tagged(self, model: str, ok: int, errors: int, seconds: float) -> None:

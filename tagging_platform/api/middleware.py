@@ -33,7 +33,9 @@ class BodyLimit:
                 except ValueError:
                     length = 0
                 if length > self.max_bytes:
-                    await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
+                    await JSONResponse(error.body(), status_code=413, headers={"Connection": "close"})(
+                        scope, receive, send
+                    )
                     return
         received = 0
         started = False

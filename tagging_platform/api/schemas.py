@@ -37,11 +37,14 @@ class BatchRequest(BaseModel):
     output: str | None = Field(None, description="s3:// prefix inside your output locations; default: your first one")
     id: str | None = Field(None, description="your own reference for the batch, echoed back")
     output_format: str | None = Field(
-        None, description="jsonl, objects, rekognition (DetectLabels responses) or groundtruth (a Ground Truth "
-        "output manifest); default: the deployment's (docs/formats.md)"
+        None,
+        description="jsonl, objects, rekognition (DetectLabels responses) or groundtruth (a Ground Truth "
+        "output manifest); default: the deployment's (docs/formats.md)",
     )
     max_labels: int | None = Field(None, ge=0, description="rekognition: DetectLabels' MaxLabels")
-    min_confidence: float | None = Field(None, ge=0, le=100, description="rekognition: DetectLabels' MinConfidence (0-100)")
+    min_confidence: float | None = Field(
+        None, ge=0, le=100, description="rekognition: DetectLabels' MinConfidence (0-100)"
+    )
 
 
 class ModelVersion(BaseModel):

@@ -65,7 +65,9 @@ def revoke_key(customer: str) -> int:
     except CustomerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"customer {customer}: key revoked; the API refuses it within {CACHE_S:.0f} s (`api-key create --rotate` issues a new one)")
+    print(
+        f"customer {customer}: key revoked; the API refuses it within {CACHE_S:.0f} s (`api-key create --rotate` issues a new one)"
+    )
     return 0
 
 
@@ -94,7 +96,9 @@ def run_dev(workspace: Path, host: str, port: int, s3_port: int, dagster_port: i
             client.put_object(Bucket=image_bucket, Key=f"demo/photos/{filename}", Body=data, ContentType="image/jpeg")
             (local_photos / filename).write_bytes(data)
             uploaded.append(f"s3://{image_bucket}/demo/photos/{filename}")
-        print(f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})")
+        print(
+            f"embedded S3 at {settings.s3_endpoint}; Dagster at {platform.ui_url} (DAGSTER_HOME={platform.dagster_home})"
+        )
         print("waiting for the model registry sensor to register the built-in models ...", flush=True)
         deadline = time.monotonic() + 300
         while not models.list_models(client, settings.model_bucket) and time.monotonic() < deadline:

@@ -74,7 +74,9 @@ def test_the_canary_passes_on_the_real_model_and_says_so_to_prometheus(
     # Published like a customer's batch, in the default output location.
     markers = [
         o["Key"]
-        for o in s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=f"{settings.output_prefix}{canary.PARTITION}/")["Contents"]
+        for o in s3.list_objects_v2(
+            Bucket=settings.output_bucket, Prefix=f"{settings.output_prefix}{canary.PARTITION}/"
+        )["Contents"]
         if o["Key"].endswith(publishing.MARKER_NAME)
     ]
     marker = json.loads(s3.get_object(Bucket=settings.output_bucket, Key=markers[0])["Body"].read())
@@ -129,7 +131,9 @@ def test_the_canary_fails_with_the_image_and_the_expected_and_actual_tags_when_a
     assert pushed["tagging_canary_images{result=fail}"] == 1
 
 
-def test_a_customer_batch_leaves_the_canary_check_skipped(registered_instance, definitions, s3, settings, photographs, upload_images):
+def test_a_customer_batch_leaves_the_canary_check_skipped(
+    registered_instance, definitions, s3, settings, photographs, upload_images
+):
     instance = registered_instance
     partition = f"customer-{uuid.uuid4().hex[:6]}"
     record_manifest(s3, settings, partition, {"images": upload_images({"coffee.jpg": photographs["coffee.jpg"]})})
@@ -139,7 +143,9 @@ def test_a_customer_batch_leaves_the_canary_check_skipped(registered_instance, d
 
     assert result.success
     assert {e.check_name for e in result.get_asset_check_evaluations()} == {
-        "every_image_accounted_for", "error_rate", "low_confidence_share"
+        "every_image_accounted_for",
+        "error_rate",
+        "low_confidence_share",
     }
     # Planned with the run and never evaluated in a run that succeeded: the UI shows the check as skipped.
     [record] = instance.event_log_storage.get_asset_check_execution_history(CANARY_CHECK, limit=1)

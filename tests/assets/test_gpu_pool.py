@@ -51,7 +51,9 @@ def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_
         partitions = []
         for _ in range(2):
             # Twelve pictures never seen before (bytes after the JPEG's end marker): three chunks of four each.
-            images = {f"{i}-{name}": body + uuid.uuid4().bytes for i, (name, body) in enumerate(list(photographs.items()) * 2)}
+            images = {
+                f"{i}-{name}": body + uuid.uuid4().bytes for i, (name, body) in enumerate(list(photographs.items()) * 2)
+            }
             partition = f"pool-{uuid.uuid4().hex[:6]}"
             record_manifest(s3, settings, partition, {"images": upload_images(dict(list(images.items())[:12]))})
             instance.add_dynamic_partitions("manifests", [partition])
@@ -62,9 +64,23 @@ def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_
         logs = [tmp_path / f"{partition}.log" for partition in partitions]
         runs = [
             subprocess.Popen(
-                [sys.executable, "-m", "dagster", "job", "execute", "-m", "definitions", "-j", "tag_manifest",
-                 "--tags", json.dumps({"dagster/partition": partition})],
-                cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "job",
+                    "execute",
+                    "-m",
+                    "definitions",
+                    "-j",
+                    "tag_manifest",
+                    "--tags",
+                    json.dumps({"dagster/partition": partition}),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
             )
             for partition, log in zip(partitions, logs, strict=True)
         ]

@@ -32,7 +32,11 @@ def _tag_batch(definitions, instance, s3, settings, uris) -> str:
     partition = f"upgrade-{uuid.uuid4().hex[:6]}"
     record_manifest(s3, settings, partition, {"images": uris})
     instance.add_dynamic_partitions("manifests", [partition])
-    assert definitions.resolve_job_def("tag_manifest").execute_in_process(instance=instance, partition_key=partition).success
+    assert (
+        definitions.resolve_job_def("tag_manifest")
+        .execute_in_process(instance=instance, partition_key=partition)
+        .success
+    )
     return partition
 
 
@@ -62,7 +66,9 @@ def test_a_new_model_version_makes_earlier_batches_stale_and_retag_dry_run_lists
 
     manifests = [arg for p in [*earlier, later] for arg in ("--manifest", p)]
     # No Dagster webserver here: the dry run's list comes from the warehouse alone.
-    code = cli.main(["retag", "--model", "mobilenet_v2", *manifests, "--dry-run", "--dagster-url", "http://127.0.0.1:9"])
+    code = cli.main(
+        ["retag", "--model", "mobilenet_v2", *manifests, "--dry-run", "--dagster-url", "http://127.0.0.1:9"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     listed = [line.split()[0] for line in out.splitlines()[2:] if line.startswith("upgrade-")]
@@ -76,7 +82,9 @@ def test_promoting_the_older_version_rolls_back_and_the_sensor_staleness_and_ret
 ):
     instance = registered_instance
     old = models.resolve_model(s3, settings.model_bucket, "mobilenet_v2")
-    earlier = _tag_batch(definitions, instance, s3, settings, upload_images({"chelsea.jpg": photographs["chelsea.jpg"]}))
+    earlier = _tag_batch(
+        definitions, instance, s3, settings, upload_images({"chelsea.jpg": photographs["chelsea.jpg"]})
+    )
     new = upgraded_default_model()
     assert definitions.resolve_job_def("publish_model").execute_in_process(instance=instance).success
     later = _tag_batch(definitions, instance, s3, settings, upload_images({"coffee.jpg": photographs["coffee.jpg"]}))
@@ -91,8 +99,20 @@ def test_promoting_the_older_version_rolls_back_and_the_sensor_staleness_and_ret
     assert definitions.resolve_job_def("publish_model").execute_in_process(instance=instance).success
     assert _status(definitions, instance, "image_tags", earlier) == StaleStatus.FRESH
     assert _status(definitions, instance, "image_tags", later) == StaleStatus.STALE
-    code = cli.main(["retag", "--model", "mobilenet_v2", "--manifest", earlier, "--manifest", later, "--dry-run",
-                     "--dagster-url", "http://127.0.0.1:9"])
+    code = cli.main(
+        [
+            "retag",
+            "--model",
+            "mobilenet_v2",
+            "--manifest",
+            earlier,
+            "--manifest",
+            later,
+            "--dry-run",
+            "--dagster-url",
+            "http://127.0.0.1:9",
+        ]
+    )
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("upgrade-")]
     assert code == 0 and listed == [later]
 

@@ -36,12 +36,15 @@ def test_one_batch_per_format_through_the_sensor_is_published_as_aws_tools_read_
 
     for fmt in manifests:  # the second batch reuses the first one's tags: same photographs, same model version
         result = dg.execute_job(
-            dg.reconstructable(tag_manifest_job), instance=registered_instance,
+            dg.reconstructable(tag_manifest_job),
+            instance=registered_instance,
             tags={"dagster/partition": partitions[fmt]},
         )
         assert result.success
 
-    marker, records = read_published(s3, settings.output_bucket, f"{settings.output_prefix}{partitions['rekognition']}/")
+    marker, records = read_published(
+        s3, settings.output_bucket, f"{settings.output_prefix}{partitions['rekognition']}/"
+    )
     assert marker["format"] == "rekognition" and marker["tagged"] == len(uris)
     assert sorted(r[LINEAGE_KEY]["image"] for r in records) == sorted(uris)
     for record in records:
@@ -66,6 +69,12 @@ def test_one_batch_per_format_through_the_sensor_is_published_as_aws_tools_read_
     for name, selected in columns.items():
         sql = f"SELECT {selected} FROM {name} ORDER BY image, {'rank' if name != 'tags' else 'position'}"
         sql += ", level" if name == "tag_parents" else ""
-        rekognition, groundtruth = (warehouse.query(sql, settings, manifests=[partitions[f]]).to_pylist() for f in manifests)
+        rekognition, groundtruth = (
+            warehouse.query(sql, settings, manifests=[partitions[f]]).to_pylist() for f in manifests
+        )
         assert rekognition == groundtruth and rekognition
-    print(json.dumps({"rekognition": chelsea, "groundtruth": next(l for l in lines if l["source-ref"].endswith("/chelsea.jpg"))}))
+    print(
+        json.dumps(
+            {"rekognition": chelsea, "groundtruth": next(l for l in lines if l["source-ref"].endswith("/chelsea.jpg"))}
+        )
+    )

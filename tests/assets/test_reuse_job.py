@@ -60,8 +60,10 @@ def test_a_second_manifest_reuses_every_overlapping_image_and_reuse_false_tags_a
         assert obj["tags"] == first[original]["tags"] and obj["etag"] == first[original]["etag"]
         assert obj["model"] == first[original]["model"]  # the precision the tags were made in included
         assert obj["reused_from"] == {
-            "manifest": first[original]["manifest"], "partition": first_partition,
-            "run_id": first_run.run_id, "chunk": first[original]["chunk"],
+            "manifest": first[original]["manifest"],
+            "partition": first_partition,
+            "run_id": first_run.run_id,
+            "chunk": first[original]["chunk"],
         }
         assert obj["run_id"] == second_run.run_id and obj["manifest"].endswith(f"{second_partition}.json")
     assert all("reused_from" not in second[uri] and second[uri]["tags"] for uri in new)
@@ -108,7 +110,9 @@ def _planned(result) -> dict:
     [planned] = [
         e.event_specific_data.metadata
         for e in result.all_events
-        if e.is_successful_output and e.step_key == "image_tags.plan_chunks" and e.event_specific_data.step_output_handle.output_name == "planned"
+        if e.is_successful_output
+        and e.step_key == "image_tags.plan_chunks"
+        and e.event_specific_data.step_output_handle.output_name == "planned"
     ]
     return planned
 

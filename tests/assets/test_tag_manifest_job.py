@@ -48,7 +48,9 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
     step_environment(TP_METRICS_PUSHGATEWAY=pushgateway)
     instance.add_dynamic_partitions("manifests", [partition])
 
-    result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
+    result = dg.execute_job(
+        dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition}
+    )
     assert result.success
 
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -85,7 +87,9 @@ def test_a_manifest_of_real_photographs_is_tagged_published_and_checked(
 
     # Re-running the partition takes every tagged image from the reuse index at planning (errors are tried
     # again): no duplicated rows, no duplicated objects.
-    rerun = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition})
+    rerun = dg.execute_job(
+        dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition}
+    )
     assert rerun.success
     stored = s3.get_object(
         Bucket=settings.warehouse_bucket, Key=f"assets/image_tags/manifest={partition}/data.parquet"
@@ -104,7 +108,9 @@ def test_quality_history_follows_every_manifest_with_drift(registered_instance, 
     partition, uris = batch
     instance = registered_instance
     instance.add_dynamic_partitions("manifests", [partition])
-    assert dg.execute_job(dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition}).success
+    assert dg.execute_job(
+        dg.reconstructable(tag_manifest_job), instance=instance, tags={"dagster/partition": partition}
+    ).success
 
     history_job = definitions.resolve_implicit_global_asset_job_def()
     result = history_job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("tag_quality_history")])
@@ -125,7 +131,10 @@ def test_a_manifest_outside_the_allowed_buckets_is_rejected_before_any_tagging(r
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(
-        dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition}, raise_on_error=False
+        dg.reconstructable(tag_manifest_job),
+        instance=registered_instance,
+        tags={"dagster/partition": partition},
+        raise_on_error=False,
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -143,10 +152,14 @@ def test_a_manifest_names_its_model_and_its_tags_say_so(registered_instance, s3,
 
     partition = f"lite-{uuid.uuid4().hex[:6]}"
     uris = upload_images({"chelsea.jpg": photographs["chelsea.jpg"], "coffee.jpg": photographs["coffee.jpg"]})
-    record_manifest(s3, settings, partition, {"images": uris, "model": "efficientnet_lite0", "output": "s3://tags/customer-a/"})
+    record_manifest(
+        s3, settings, partition, {"images": uris, "model": "efficientnet_lite0", "output": "s3://tags/customer-a/"}
+    )
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
-    result = dg.execute_job(dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition})
+    result = dg.execute_job(
+        dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition}
+    )
     assert result.success
     marker, objects = _published(s3, settings, partition)
     lite = models.resolve_model(s3, settings.model_bucket, "efficientnet_lite0")
@@ -162,7 +175,10 @@ def test_a_manifest_naming_an_unknown_model_is_rejected(registered_instance, s3,
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(
-        dg.reconstructable(tag_manifest_job), instance=registered_instance, tags={"dagster/partition": partition}, raise_on_error=False
+        dg.reconstructable(tag_manifest_job),
+        instance=registered_instance,
+        tags={"dagster/partition": partition},
+        raise_on_error=False,
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

@@ -35,7 +35,11 @@ def test_a_canary_that_stops_running_pages_after_two_and_a_half_intervals(promto
             {"series": f"tagging_canary_passed{SERIES}", "values": "1x180"},
         ],
         "promql_expr_test": [
-            {"expr": "tagging:canary_age_seconds", "eval_time": "40m", "exp_samples": [{"labels": "tagging:canary_age_seconds", "value": 600}]}
+            {
+                "expr": "tagging:canary_age_seconds",
+                "eval_time": "40m",
+                "exp_samples": [{"labels": "tagging:canary_age_seconds", "value": 600}],
+            }
         ],
         "alert_rule_test": [
             {"eval_time": "100m", "alertname": "TaggingCanaryStale", "exp_alerts": []},
@@ -136,5 +140,14 @@ def test_the_rules_and_scrape_configs_pass_promtool_check(promtool, tmp_path):
 
 def test_promtool_check_rejects_a_broken_rule(promtool, tmp_path):
     broken = tmp_path / "broken.yml"
-    broken.write_text(RULES.read_text().replace("absent(tagging_canary_last_run_timestamp_seconds)", "absent(tagging_canary_last_run_timestamp_seconds"))
-    assert subprocess.run([promtool, "check", "rules", str(broken)], check=False, capture_output=True, text=True).returncode != 0
+    broken.write_text(
+        RULES.read_text().replace(
+            "absent(tagging_canary_last_run_timestamp_seconds)", "absent(tagging_canary_last_run_timestamp_seconds"
+        )
+    )
+    assert (
+        subprocess.run(
+            [promtool, "check", "rules", str(broken)], check=False, capture_output=True, text=True
+        ).returncode
+        != 0
+    )

@@ -71,7 +71,9 @@ def test_the_gpu_node_pool_scales_to_zero_and_takes_exactly_the_tag_chunk_pods()
     template = pool["spec"]["template"]
     selector_key, selector_value = settings.gpu_node_selector.split("=")
     assert template["metadata"]["labels"] == {selector_key: selector_value}
-    assert template["spec"]["taints"] == [{"key": settings.gpu_toleration_key, "value": "present", "effect": "NoSchedule"}]
+    assert template["spec"]["taints"] == [
+        {"key": settings.gpu_toleration_key, "value": "present", "effect": "NoSchedule"}
+    ]
     # The step pods' own selector and toleration are the pool's: the executor places them with the ConfigMap's settings.
     config = UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"])
     pod_spec = placed_on_gpu_pool(config, settings.gpu_node_selector, settings.gpu_toleration_key).pod_spec_config
@@ -88,7 +90,9 @@ def test_the_gpu_node_pool_scales_to_zero_and_takes_exactly_the_tag_chunk_pods()
 # ---- IAM: each role gets exactly what its pods call, on exactly its buckets -------------------------------------
 
 POLICIES = {
-    "pipeline": "pipeline-policy.json", "registry": "registry-policy.json", "daemon": "daemon-policy.json",
+    "pipeline": "pipeline-policy.json",
+    "registry": "registry-policy.json",
+    "daemon": "daemon-policy.json",
     "api": "api-policy.json",
 }
 WAREHOUSE = "arn:aws:s3:::acme-tagging-warehouse"
@@ -104,7 +108,11 @@ EXPECTED_GRANTS = {
         ("s3:GetObject", "arn:aws:s3:::acme-tagging-models/*"),
         ("s3:GetObject", f"{WAREHOUSE}/batches/*"),
         ("s3:GetObject", f"{WAREHOUSE}/canary/*"),
-        *{(a, f"{WAREHOUSE}/{p}/*") for a in ("s3:GetObject", "s3:PutObject") for p in ("assets", "chunks", "reuse", "dagster")},
+        *{
+            (a, f"{WAREHOUSE}/{p}/*")
+            for a in ("s3:GetObject", "s3:PutObject")
+            for p in ("assets", "chunks", "reuse", "dagster")
+        },
         ("s3:GetObject", "arn:aws:s3:::acme-tagging-output/*"),
         ("s3:PutObject", "arn:aws:s3:::acme-tagging-output/*"),
         ("s3:DeleteObject", "arn:aws:s3:::acme-tagging-output/*"),
@@ -152,14 +160,27 @@ EXPECTED_GRANTS = {
 
 # boto3 call -> the IAM action it needs.
 CALL_ACTIONS = {
-    "get_object": "s3:GetObject", "head_object": "s3:GetObject", "put_object": "s3:PutObject",
-    "delete_object": "s3:DeleteObject", "delete_objects": "s3:DeleteObject", "list_objects_v2": "s3:ListBucket",
-    "get_paginator": "s3:ListBucket", "receive_message": "sqs:ReceiveMessage",
-    "delete_message_batch": "sqs:DeleteMessage", "get_queue_url": "sqs:GetQueueUrl",
-    "get_queue_attributes": "sqs:GetQueueAttributes", "send_message": "sqs:SendMessage",
+    "get_object": "s3:GetObject",
+    "head_object": "s3:GetObject",
+    "put_object": "s3:PutObject",
+    "delete_object": "s3:DeleteObject",
+    "delete_objects": "s3:DeleteObject",
+    "list_objects_v2": "s3:ListBucket",
+    "get_paginator": "s3:ListBucket",
+    "receive_message": "sqs:ReceiveMessage",
+    "delete_message_batch": "sqs:DeleteMessage",
+    "get_queue_url": "sqs:GetQueueUrl",
+    "get_queue_attributes": "sqs:GetQueueAttributes",
+    "send_message": "sqs:SendMessage",
 }
 # Calls only the embedded (local) S3/SQS set-up makes; production buckets and queues are made by the operator.
-LOCAL_ONLY_CALLS = {"create_bucket", "list_buckets", "create_queue", "put_bucket_notification_configuration", "head_bucket"}
+LOCAL_ONLY_CALLS = {
+    "create_bucket",
+    "list_buckets",
+    "create_queue",
+    "put_bucket_notification_configuration",
+    "head_bucket",
+}
 
 
 def grants(role: str) -> set[tuple[str, str]]:
@@ -185,7 +206,9 @@ def test_each_iam_role_is_granted_exactly_what_it_needs(role):
 def test_the_policies_name_only_the_deployments_buckets_and_nobody_writes_customer_images():
     data = settings_configmap()
     image_buckets = {p.split("/")[0] for p in data["TP_ALLOWED_IMAGE_PREFIXES"].split(",")}
-    buckets = image_buckets | {data[k] for k in ("TP_MANIFEST_BUCKET", "TP_OUTPUT_BUCKET", "TP_WAREHOUSE_BUCKET", "TP_MODEL_BUCKET")}
+    buckets = image_buckets | {
+        data[k] for k in ("TP_MANIFEST_BUCKET", "TP_OUTPUT_BUCKET", "TP_WAREHOUSE_BUCKET", "TP_MODEL_BUCKET")
+    }
     every = set().union(*(grants(role) for role in POLICIES))
     named = {r.removeprefix("arn:aws:s3:::").split("/")[0] for _, r in every if r.startswith("arn:aws:s3:::")}
     assert named == buckets
@@ -197,9 +220,15 @@ def test_the_policies_name_only_the_deployments_buckets_and_nobody_writes_custom
 
 def test_every_aws_call_the_code_makes_is_an_action_some_role_is_granted():
     calls = set()
-    for path in [*(REPO / "tagging_platform").rglob("*.py"), *(REPO / "assets").glob("*.py"),
-                 *(REPO / "resources").glob("*.py"), *(REPO / "sensors").glob("*.py")]:
-        calls |= set(re.findall(r"\.(\w+)\((?:\s*Bucket=|\s*QueueUrl=|\s*QueueName=|\s*\"list_objects_v2\")", path.read_text()))
+    for path in [
+        *(REPO / "tagging_platform").rglob("*.py"),
+        *(REPO / "assets").glob("*.py"),
+        *(REPO / "resources").glob("*.py"),
+        *(REPO / "sensors").glob("*.py"),
+    ]:
+        calls |= set(
+            re.findall(r"\.(\w+)\((?:\s*Bucket=|\s*QueueUrl=|\s*QueueName=|\s*\"list_objects_v2\")", path.read_text())
+        )
     calls -= LOCAL_ONLY_CALLS | {"paginate"}  # a paginator's calls are its get_paginator("...")'s
     assert {"get_object", "put_object", "get_paginator", "receive_message"} <= calls  # the scan finds calls at all
     unknown = calls - set(CALL_ACTIONS)
@@ -245,10 +274,16 @@ def test_the_run_worker_the_helm_values_configure_is_a_valid_hardened_job():
     )
     context = K8sContainerContext(namespace="tagging", run_k8s_config=user_config)
     job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="REGISTRY/tagging-platform:0.1.0", dagster_home="/opt/dagster/dagster_home",
-                            instance_config_map="dagster-instance"),
-        args=["dagster", "api", "execute_run", "{}"], job_name="dagster-run-example", pod_name="dagster-run-example",
-        component="run_worker", user_defined_k8s_config=context.run_k8s_config,
+        DagsterK8sJobConfig(
+            job_image="REGISTRY/tagging-platform:0.1.0",
+            dagster_home="/opt/dagster/dagster_home",
+            instance_config_map="dagster-instance",
+        ),
+        args=["dagster", "api", "execute_run", "{}"],
+        job_name="dagster-run-example",
+        pod_name="dagster-run-example",
+        component="run_worker",
+        user_defined_k8s_config=context.run_k8s_config,
     )
     from kubernetes.client import ApiClient
 
@@ -268,27 +303,39 @@ def test_the_dagster_ui_is_only_reachable_through_the_authenticating_proxy():
     assert webserver["service"]["type"] == "ClusterIP"
     assert not values.get("ingress", {}).get("enabled", False)
     ingresses = [d for _, d in manifests() if d["kind"] == "Ingress" and d["metadata"]["name"] == "dagster-ui"]
-    backends = {p["backend"]["service"]["name"] for i in ingresses for r in i["spec"]["rules"] for p in r["http"]["paths"]}
+    backends = {
+        p["backend"]["service"]["name"] for i in ingresses for r in i["spec"]["rules"] for p in r["http"]["paths"]
+    }
     assert backends == {"dagster-ui-auth-proxy"}
-    [proxy] = [d for _, d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "dagster-ui-auth-proxy"]
+    [proxy] = [
+        d for _, d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "dagster-ui-auth-proxy"
+    ]
     args = proxy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert any(a.startswith("--upstream=http://dagster-dagster-webserver.") for a in args)
     env = proxy["spec"]["template"]["spec"]["containers"][0]["env"]
     assert all("secretKeyRef" in e["valueFrom"] for e in env), "the proxy's secrets come from a Secret"
-    [policy] = [d for _, d in manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "dagster-webserver"]
+    [policy] = [
+        d for _, d in manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "dagster-webserver"
+    ]
     allowed = {f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in policy["spec"]["ingress"][0]["from"]}
     assert allowed == {"dagster-ui-auth-proxy", "tagging-platform-api"}
 
 
 def test_run_and_step_pods_accept_no_connections_and_reach_only_dns_s3_postgres_the_api_server_and_metrics():
-    [policy] = [d for _, d in manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "dagster-workers"]
+    [policy] = [
+        d for _, d in manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "dagster-workers"
+    ]
     selector = policy["spec"]["podSelector"]["matchExpressions"]
-    assert selector == [{"key": "app.kubernetes.io/component", "operator": "In", "values": ["run_worker", "step_worker"]}]
+    assert selector == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["run_worker", "step_worker"]}
+    ]
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["ingress"] == []
     ports = {(p["protocol"], p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 5432), ("TCP", 9091)}
     blocks = [t["ipBlock"]["cidr"] for rule in policy["spec"]["egress"] for t in rule["to"] if "ipBlock" in t]
-    assert "0.0.0.0/0" not in blocks and all("except" not in t.get("ipBlock", {}) for r in policy["spec"]["egress"] for t in r["to"])
+    assert "0.0.0.0/0" not in blocks and all(
+        "except" not in t.get("ipBlock", {}) for r in policy["spec"]["egress"] for t in r["to"]
+    )
 
 
 # ---- Secrets: none in the repository ----------------------------------------------------------------------------
@@ -297,7 +344,9 @@ SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     "AWS secret access key": re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}\b"),
     "private key": re.compile(r"-----BEGIN (RSA |EC |OPENSSH )?PRIVATE KEY-----"),
-    "password in config": re.compile(r"(?i)^\s*[\w.]*password\s*[:=]\s*['\"]?(?!from-a-secret|\$|<|\{)[^\s'\"#]{6,}", re.MULTILINE),
+    "password in config": re.compile(
+        r"(?i)^\s*[\w.]*password\s*[:=]\s*['\"]?(?!from-a-secret|\$|<|\{)[^\s'\"#]{6,}", re.MULTILINE
+    ),
 }
 
 
@@ -316,8 +365,15 @@ def test_no_credentials_are_committed():
 
 def test_the_secret_scan_finds_a_planted_key(tmp_path):
     # Assembled here so that this file does not hold what the scan looks for.
-    planted = "aws_access_key_id = " + "AKIA" + "ABCDEFGHIJKLMNOP\naws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
-    assert SECRET_PATTERNS["AWS access key id"].search(planted) and SECRET_PATTERNS["AWS secret access key"].search(planted)
+    planted = (
+        "aws_access_key_id = "
+        + "AKIA"
+        + "ABCDEFGHIJKLMNOP\naws_secret_access_key = "
+        + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+    )
+    assert SECRET_PATTERNS["AWS access key id"].search(planted) and SECRET_PATTERNS["AWS secret access key"].search(
+        planted
+    )
     assert SECRET_PATTERNS["password in config"].search("  postgresqlPassword: hunter2hunter2\n")
     assert not SECRET_PATTERNS["password in config"].search("  postgresqlPassword: from-a-secret\n")
 
@@ -328,14 +384,18 @@ def test_the_image_runs_as_a_non_root_user_and_bakes_in_no_credentials():
     assert users and users[-1] not in {"0", "root"}
     assert not re.search(r"(?i)^\s*(ENV|ARG)\b.*(SECRET|PASSWORD|TOKEN|AWS_ACCESS_KEY)", dockerfile, re.MULTILINE)
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert '"torch==2.14.1"' in pyproject and "pip install ." in dockerfile  # the image gets the pinned CUDA-capable torch
+    assert (
+        '"torch==2.14.1"' in pyproject and "pip install ." in dockerfile
+    )  # the image gets the pinned CUDA-capable torch
 
 
 def test_the_s3_manifest_notification_sends_only_new_manifests_to_the_queue():
     config = json.loads((DEPLOY / "manifest-notifications.json").read_text())
     [queue] = config["QueueConfigurations"]
     assert queue["Events"] == ["s3:ObjectCreated:*"]
-    assert queue["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": settings_configmap()["TP_MANIFEST_PREFIX"]}]
+    assert queue["Filter"]["Key"]["FilterRules"] == [
+        {"Name": "prefix", "Value": settings_configmap()["TP_MANIFEST_PREFIX"]}
+    ]
     daemon = grants("daemon")
     assert {("sqs:ReceiveMessage", queue["QueueArn"]), ("sqs:DeleteMessage", queue["QueueArn"])} <= daemon
     assert Path(DEPLOY / "manifest-queues.md").exists()
@@ -348,7 +408,9 @@ def test_production_runs_one_run_per_batch_and_retries_a_failed_run_as_the_fault
     daemon = values["dagsterDaemon"]
     production = Settings.from_env(settings_configmap())
     local = yaml.safe_load(instance_yaml(production))
-    assert values["concurrency"]["runs"]["tagConcurrencyLimits"] == local["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert (
+        values["concurrency"]["runs"]["tagConcurrencyLimits"] == local["concurrency"]["runs"]["tag_concurrency_limits"]
+    )
     # One GPU budget: the pool every tag_chunk step takes a slot of is limited to TP_MAX_GPUS, per step.
     pools = values["concurrency"]["pools"]
     assert (pools["defaultLimit"], pools["granularity"]) == (production.max_gpus, "op")

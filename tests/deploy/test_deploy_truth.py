@@ -42,10 +42,16 @@ def _dagster_k8s_pod(component: str, *configs: dict) -> dict:
     for config in configs:  # as the step handler merges the executor's, the op's and the run's configs
         merged = merged.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config)))
     job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="REGISTRY/tagging-platform:IMAGE_TAG", dagster_home="/opt/dagster/dagster_home",
-                            instance_config_map="dagster-instance"),
-        args=["dagster", "api", "execute_run", "{}"], job_name=f"dagster-{component}", pod_name=f"dagster-{component}",
-        component=component, user_defined_k8s_config=merged.run_k8s_config,
+        DagsterK8sJobConfig(
+            job_image="REGISTRY/tagging-platform:IMAGE_TAG",
+            dagster_home="/opt/dagster/dagster_home",
+            instance_config_map="dagster-instance",
+        ),
+        args=["dagster", "api", "execute_run", "{}"],
+        job_name=f"dagster-{component}",
+        pod_name=f"dagster-{component}",
+        component=component,
+        user_defined_k8s_config=merged.run_k8s_config,
     )
     template = ApiClient().sanitize_for_serialization(job)["spec"]["template"]
     return template
@@ -54,10 +60,16 @@ def _dagster_k8s_pod(component: str, *configs: dict) -> dict:
 def _chart_pod(component: str, labels: dict, values: dict, init_containers: bool) -> dict:
     """A pod of the Dagster chart, as its templates place the values: podSecurityContext on the pod, securityContext
     on every container (the init containers' included), volumes and mounts as given."""
-    container = {"name": component, "securityContext": values.get("securityContext", {}),
-                 "volumeMounts": values.get("volumeMounts", [])}
-    spec = {"securityContext": values.get("podSecurityContext", {}), "containers": [container],
-            "volumes": values.get("volumes", [])}
+    container = {
+        "name": component,
+        "securityContext": values.get("securityContext", {}),
+        "volumeMounts": values.get("volumeMounts", []),
+    }
+    spec = {
+        "securityContext": values.get("podSecurityContext", {}),
+        "containers": [container],
+        "volumes": values.get("volumes", []),
+    }
     if init_containers:
         spec["initContainers"] = [{"name": "check-db-ready", "securityContext": values.get("securityContext", {})}]
     return {"metadata": {"labels": labels}, "spec": spec}
@@ -68,27 +80,44 @@ def shipped_pods() -> dict[str, dict]:
     """name -> pod template ({metadata: {labels}, spec}) of every pod deploy/ and the Dagster chart start."""
     pods = {
         f"{doc['kind']}/{doc['metadata']['name']}": doc["spec"]["template"]
-        for _, doc in manifests() if doc["kind"] == "Deployment"
+        for _, doc in manifests()
+        if doc["kind"] == "Deployment"
     }
     chart = {"app.kubernetes.io/name": "dagster", "app.kubernetes.io/instance": RELEASE}
     pods["chart/webserver"] = _chart_pod(
-        "dagster-webserver", {**chart, "component": "dagster-webserver"}, VALUES["dagsterWebserver"], True)
+        "dagster-webserver", {**chart, "component": "dagster-webserver"}, VALUES["dagsterWebserver"], True
+    )
     pods["chart/daemon"] = _chart_pod(
-        "dagster-daemon", {**chart, "component": "dagster-daemon", "deployment": "daemon"}, VALUES["dagsterDaemon"], True)
+        "dagster-daemon",
+        {**chart, "component": "dagster-daemon", "deployment": "daemon"},
+        VALUES["dagsterDaemon"],
+        True,
+    )
     for deployment in VALUES["dagster-user-deployments"]["deployments"]:
         pods[f"chart/user-deployment/{deployment['name']}"] = _chart_pod(
-            deployment["name"], {**chart, "component": "user-deployments", "deployment": deployment["name"]}, deployment,
-            False)
+            deployment["name"],
+            {**chart, "component": "user-deployments", "deployment": deployment["name"]},
+            deployment,
+            False,
+        )
     run = VALUES["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
-    pods["run worker"] = _dagster_k8s_pod("run_worker", {"pod_spec_config": run["podSpecConfig"],
-                                                         "container_config": run["containerConfig"]})
+    pods["run worker"] = _dagster_k8s_pod(
+        "run_worker", {"pod_spec_config": run["podSpecConfig"], "container_config": run["containerConfig"]}
+    )
     settings = Settings.from_env(settings_configmap())
-    gpu = placed_on_gpu_pool(UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"]),
-                             settings.gpu_node_selector, settings.gpu_toleration_key)
+    gpu = placed_on_gpu_pool(
+        UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"]),
+        settings.gpu_node_selector,
+        settings.gpu_toleration_key,
+    )
     pods["step: tag_chunk"] = _dagster_k8s_pod(
-        "step_worker", HARDENED_STEP_POD, {"container_config": gpu.container_config, "pod_spec_config": gpu.pod_spec_config})
+        "step_worker",
+        HARDENED_STEP_POD,
+        {"container_config": gpu.container_config, "pod_spec_config": gpu.pod_spec_config},
+    )
     pods["step: tagger_model"] = _dagster_k8s_pod(
-        "step_worker", HARDENED_STEP_POD, {"pod_spec_config": {"service_account_name": REGISTRY_SERVICE_ACCOUNT}})
+        "step_worker", HARDENED_STEP_POD, {"pod_spec_config": {"service_account_name": REGISTRY_SERVICE_ACCOUNT}}
+    )
     pods["step: other"] = _dagster_k8s_pod("step_worker", HARDENED_STEP_POD)
     return pods
 
@@ -96,14 +125,24 @@ def shipped_pods() -> dict[str, dict]:
 def test_tag_chunk_pods_go_to_the_gpu_pool_the_settings_name():
     from definitions import k8s_executor_config
 
-    settings = Settings.from_env({**settings_configmap(), "TP_GPU_NODE_SELECTOR": "pool.example/gpu=a10g",
-                                  "TP_GPU_TOLERATION_KEY": "example.com/gpu"})
+    settings = Settings.from_env(
+        {
+            **settings_configmap(),
+            "TP_GPU_NODE_SELECTOR": "pool.example/gpu=a10g",
+            "TP_GPU_TOLERATION_KEY": "example.com/gpu",
+        }
+    )
     config = k8s_executor_config(settings)
     assert (config["gpu_node_selector"], config["gpu_toleration_key"]) == ("pool.example/gpu=a10g", "example.com/gpu")
-    placed = placed_on_gpu_pool(UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"]),
-                                config["gpu_node_selector"], config["gpu_toleration_key"])
+    placed = placed_on_gpu_pool(
+        UserDefinedDagsterK8sConfig.from_dict(GPU_STEP_TAGS["dagster-k8s/config"]),
+        config["gpu_node_selector"],
+        config["gpu_toleration_key"],
+    )
     assert placed.pod_spec_config["node_selector"] == {"pool.example/gpu": "a10g"}
-    assert placed.pod_spec_config["tolerations"] == [{"key": "example.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert placed.pod_spec_config["tolerations"] == [
+        {"key": "example.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert placed.container_config["resources"]["limits"] == {"nvidia.com/gpu": "1"}
 
 
@@ -118,9 +157,16 @@ def test_the_executor_starts_at_most_twice_tp_max_gpus_step_jobs_as_the_guide_sa
 
 def test_the_pods_built_here_are_those_the_manifests_and_values_ship():
     pods = shipped_pods()
-    assert {"Deployment/tagging-platform-api", "Deployment/pushgateway", "Deployment/dagster-ui-auth-proxy",
-            "chart/webserver", "chart/daemon", "chart/user-deployment/tagging-platform", "run worker",
-            "step: tag_chunk"} <= set(pods)
+    assert {
+        "Deployment/tagging-platform-api",
+        "Deployment/pushgateway",
+        "Deployment/dagster-ui-auth-proxy",
+        "chart/webserver",
+        "chart/daemon",
+        "chart/user-deployment/tagging-platform",
+        "run worker",
+        "step: tag_chunk",
+    } <= set(pods)
     assert pods["run worker"]["spec"]["serviceAccountName"] == "tagging-platform"
     assert pods["step: tagger_model"]["spec"]["serviceAccountName"] == REGISTRY_SERVICE_ACCOUNT
     assert pods["step: tag_chunk"]["spec"]["nodeSelector"] == {"tagging.platform/pool": "gpu"}
@@ -192,11 +238,17 @@ def test_selectors_match_every_pod_they_mean_and_only_shipped_pods():
             assert selected(spec["selector"]), f"{name} guards no shipped pod"
         elif doc["kind"] == "NetworkPolicy":
             assert selected(spec["podSelector"]), f"{name} applies to no shipped pod"
-            peers = [p for rule in [*spec.get("ingress", []), *spec.get("egress", [])]
-                     for p in rule.get("from", rule.get("to", []))]
+            peers = [
+                p
+                for rule in [*spec.get("ingress", []), *spec.get("egress", [])]
+                for p in rule.get("from", rule.get("to", []))
+            ]
             for peer in peers:
                 if "namespaceSelector" in peer:
-                    wanted = (peer["namespaceSelector"]["matchLabels"], (peer.get("podSelector") or {}).get("matchLabels"))
+                    wanted = (
+                        peer["namespaceSelector"]["matchLabels"],
+                        (peer.get("podSelector") or {}).get("matchLabels"),
+                    )
                     assert wanted in CLUSTER_PROVIDED, f"{name}: {peer} is nothing this deployment or EKS runs"
                 elif "podSelector" in peer:
                     assert selected(peer["podSelector"]), f"{name}: peer {peer['podSelector']} selects no shipped pod"
@@ -217,8 +269,12 @@ def test_every_ingress_and_service_points_at_a_shipped_service_port_and_pod_port
                 assert backend["name"] in services, ingress["metadata"]["name"]
                 assert backend["port"]["name"] in {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
     for name, service in services.items():
-        ports = {p["name"] for pod in selected({"matchLabels": service["spec"]["selector"]})
-                 for c in pods[pod]["spec"]["containers"] for p in c.get("ports", [])}
+        ports = {
+            p["name"]
+            for pod in selected({"matchLabels": service["spec"]["selector"]})
+            for c in pods[pod]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports, f"Service/{name}: no such container port"
 
 
@@ -230,27 +286,38 @@ def scrape_targets(job: dict) -> list[str]:
     """The shipped objects a scrape job keeps, applying its `keep` relabel rules as Prometheus's discovery would."""
     [discovery] = job["kubernetes_sd_configs"]
     if discovery["role"] == "service":
-        candidates = {f"Service/{d['metadata']['name']}": {"__meta_kubernetes_service_name": d["metadata"]["name"]}
-                      for _, d in manifests() if d["kind"] == "Service"}
+        candidates = {
+            f"Service/{d['metadata']['name']}": {"__meta_kubernetes_service_name": d["metadata"]["name"]}
+            for _, d in manifests()
+            if d["kind"] == "Service"
+        }
     else:  # role pod: one target per container port, with the pod's labels
         candidates = {}
         for name, pod in shipped_pods().items():
             for container in pod["spec"]["containers"]:
                 for port in container.get("ports", []):
-                    meta = {f"__meta_kubernetes_pod_label_{_prometheus_label(k)}": v for k, v in pod["metadata"]["labels"].items()}
+                    meta = {
+                        f"__meta_kubernetes_pod_label_{_prometheus_label(k)}": v
+                        for k, v in pod["metadata"]["labels"].items()
+                    }
                     meta["__meta_kubernetes_pod_container_port_name"] = port.get("name", "")
                     candidates[f"{name}:{port.get('name')}"] = meta
     kept = []
     for target, meta in candidates.items():
         rules = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
-        if all(re.fullmatch(r["regex"], r.get("separator", ";").join(meta.get(s, "") for s in r["source_labels"]))
-               for r in rules):
+        if all(
+            re.fullmatch(r["regex"], r.get("separator", ";").join(meta.get(s, "") for s in r["source_labels"]))
+            for r in rules
+        ):
             kept.append(target)
     return kept
 
 
 def test_every_prometheus_scrape_job_keeps_the_objects_it_is_for():
-    jobs = {j["job_name"]: j for j in yaml.safe_load((DEPLOY / "prometheus" / "scrape-configs.yml").read_text())["scrape_configs"]}
+    jobs = {
+        j["job_name"]: j
+        for j in yaml.safe_load((DEPLOY / "prometheus" / "scrape-configs.yml").read_text())["scrape_configs"]
+    }
     assert scrape_targets(jobs["tagging-steps"]) == ["Service/pushgateway"]
     assert scrape_targets(jobs["tagging-api"]) == ["Deployment/tagging-platform-api:http"]
     broken = json.loads(json.dumps(jobs["tagging-api"]).replace("tagging-platform-api", "tagging-api"))
@@ -301,8 +368,11 @@ def kubernetes_calls_of_the_run_worker() -> set[tuple[str, str, str]]:
             function = getattr(DagsterKubernetesClient, call.removeprefix("client."))
             source = inspect.getsource(function)
             pending |= _calls_in(function)
-            pending |= {f"client.{m}" for m in re.findall(r"\bself\.(\w+)\(", source)
-                        if callable(getattr(DagsterKubernetesClient, m, None))}
+            pending |= {
+                f"client.{m}"
+                for m in re.findall(r"\bself\.(\w+)\(", source)
+                if callable(getattr(DagsterKubernetesClient, m, None))
+            }
         else:
             rules.add(_rbac_rule(call))
     return rules
@@ -310,12 +380,20 @@ def kubernetes_calls_of_the_run_worker() -> set[tuple[str, str, str]]:
 
 def role_rules() -> set[tuple[str, str, str]]:
     [role] = [d for d in docs_of("service-accounts.yaml") if d["kind"] == "Role"]
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
 
 
 def role_sentence(rules: set[tuple[str, str, str]]) -> str:
     """The guide's sentence about the run workers' Role, written from the Role itself."""
-    words = {"jobs": "Jobs", "jobs/status": "a Job's status", "pods": "Pods", "pods/log": "a Pod's log", "events": "Events"}
+    words = {
+        "jobs": "Jobs",
+        "jobs/status": "a Job's status",
+        "pods": "Pods",
+        "pods/log": "a Pod's log",
+        "events": "Events",
+    }
     by_resource: dict[str, list[str]] = {}
     for _, resource, verb in sorted(rules, key=lambda r: (r[1], list(_VERBS.values()).index(r[2]))):
         by_resource.setdefault(resource, []).append(verb)
@@ -348,8 +426,12 @@ GUARDED = {
 
 
 def writers(role_grants: dict[str, set[tuple[str, str]]], arn: str) -> set[str]:
-    return {role for role, pairs in role_grants.items() for action, resource in pairs
-            if action in WRITES and fnmatch.fnmatchcase(arn, resource)}
+    return {
+        role
+        for role, pairs in role_grants.items()
+        for action, resource in pairs
+        if action in WRITES and fnmatch.fnmatchcase(arn, resource)
+    }
 
 
 def test_no_iam_role_writes_api_records_or_models_except_the_one_whose_job_it_is():
@@ -385,8 +467,11 @@ SHELL_ONLY = {"TP_API_KEY"}
 
 def test_every_tp_variable_deploy_and_the_docs_name_is_a_setting_the_code_reads():
     read = set(Settings().as_env()) | SHELL_ONLY
-    texts = {p.relative_to(REPO).as_posix(): p.read_text() for p in [*DEPLOY.rglob("*"), *(REPO / "docs").glob("*.md")]
-             if p.is_file() and p.suffix != ".png"}
+    texts = {
+        p.relative_to(REPO).as_posix(): p.read_text()
+        for p in [*DEPLOY.rglob("*"), *(REPO / "docs").glob("*.md")]
+        if p.is_file() and p.suffix != ".png"
+    }
     unread = {f"{name}: {v}" for name, text in texts.items() for v in named_variables(text) - read}
     assert not unread, f"named but read by nothing: {sorted(unread)}"
     assert "TP_GPU_NODE_SELECTR" not in read and named_variables("set TP_GPU_NODE_SELECTR=x") - read  # a typo is caught
@@ -395,15 +480,25 @@ def test_every_tp_variable_deploy_and_the_docs_name_is_a_setting_the_code_reads(
     assert {k: settings_configmap()[k] for k in PROCESS_ENV} == PROCESS_ENV
 
 
-PATH = re.compile(r"\b(?:deploy|docs|tests|tagging_platform|assets|resources|sensors|bench|k8s_cluster)/"
-                  r"[A-Za-z0-9_./-]*[A-Za-z0-9_]\.(?:py|yaml|yml|json|md|dot|png|sh|txt)\b")
+PATH = re.compile(
+    r"\b(?:deploy|docs|tests|tagging_platform|assets|resources|sensors|bench|k8s_cluster)/"
+    r"[A-Za-z0-9_./-]*[A-Za-z0-9_]\.(?:py|yaml|yml|json|md|dot|png|sh|txt)\b"
+)
 
 
 def test_every_file_path_named_in_code_docs_and_deploy_exists():
-    sources = [REPO / "README.md", REPO / "Makefile", REPO / "definitions.py", *(REPO / "docs").glob("*.md"),
-               *(p for p in DEPLOY.rglob("*") if p.is_file()),
-               *(p for d in ("tagging_platform", "assets", "resources", "sensors", "k8s_cluster", "bench")
-                 for p in (REPO / d).rglob("*.py"))]
+    sources = [
+        REPO / "README.md",
+        REPO / "Makefile",
+        REPO / "definitions.py",
+        *(REPO / "docs").glob("*.md"),
+        *(p for p in DEPLOY.rglob("*") if p.is_file()),
+        *(
+            p
+            for d in ("tagging_platform", "assets", "resources", "sensors", "k8s_cluster", "bench")
+            for p in (REPO / d).rglob("*.py")
+        ),
+    ]
     named = {(src.relative_to(REPO).as_posix(), path) for src in sources for path in PATH.findall(src.read_text())}
     assert len(named) > 30
     missing = sorted(f"{src} names {path}" for src, path in named if not (REPO / path).exists())
@@ -432,12 +527,22 @@ def test_the_network_policies_allow_no_public_address_and_reach_sts_and_s3_throu
     guide = GUIDE.read_text()
     vpc = ipaddress.ip_network(re.search(r"VPC `(10\.\d+\.\d+\.\d+/\d+)`", guide).group(1))
     endpoint_subnet = re.search(r"endpoint subnets? `(10\.\d+\.\d+\.\d+/\d+)`", guide).group(1)
-    blocks = [t["ipBlock"]["cidr"] for _, d in manifests() if d["kind"] == "NetworkPolicy"
-              for rule in d["spec"].get("egress", []) for t in rule["to"] if "ipBlock" in t]
+    blocks = [
+        t["ipBlock"]["cidr"]
+        for _, d in manifests()
+        if d["kind"] == "NetworkPolicy"
+        for rule in d["spec"].get("egress", [])
+        for t in rule["to"]
+        if "ipBlock" in t
+    ]
     assert blocks and all(ipaddress.ip_network(b).subnet_of(vpc) for b in blocks), blocks
     assert endpoint_subnet in blocks
-    [created] = re.findall(r"for service in ([a-z0-9. ]+); do\s+aws ec2 create-vpc-endpoint .*?"
-                           r"--service-name com\.amazonaws\.us-east-1\.\$service", guide, re.DOTALL)
+    [created] = re.findall(
+        r"for service in ([a-z0-9. ]+); do\s+aws ec2 create-vpc-endpoint .*?"
+        r"--service-name com\.amazonaws\.us-east-1\.\$service",
+        guide,
+        re.DOTALL,
+    )
     assert {"s3", "sts", "sqs"} <= set(created.split()), f"the guide's interface endpoints: {created}"
 
 
@@ -450,7 +555,7 @@ def test_the_image_has_one_immutable_tag_set_at_install_and_the_chart_is_pinned_
     guide = GUIDE.read_text()
     assert re.search(r"docker build .*-f deploy/Dockerfile .*-t \$REGISTRY/tagging-platform:\$TAG", guide)
     assert "docker push $REGISTRY/tagging-platform:$TAG" in guide and "IMMUTABLE" in guide
-    assert 's|IMAGE_TAG|$TAG|' in guide and "image.tag=$TAG" in guide
+    assert "s|IMAGE_TAG|$TAG|" in guide and "image.tag=$TAG" in guide
     assert "helm repo add dagster https://dagster-io.github.io/helm" in guide
     version = importlib.metadata.version("dagster")
     for text in (guide, (DEPLOY / "values.yaml").read_text()):
@@ -504,6 +609,8 @@ def test_the_dagster_webserver_service_name_is_the_one_the_api_and_proxy_use():
     api = next(d for d in docs_of("api.yaml") if d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
     proxy = next(d for d in docs_of("ui-auth-proxy.yaml") if d["kind"] == "Deployment")
-    upstream = next(a for a in proxy["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--upstream="))
+    upstream = next(
+        a for a in proxy["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--upstream=")
+    )
     assert env["TP_DAGSTER_URL"] == upstream.removeprefix("--upstream=")
     assert env["TP_DAGSTER_URL"].startswith(f"http://{RELEASE}-")

@@ -62,15 +62,17 @@ def guide_steps(guide: str) -> dict[str, str]:
     steps = {}
     for match in STEP.finditer(guide):
         if match.group(1) not in steps:
-            end = re.search(r"\n\s*(?:\d+\.|-) |\n\n", guide[match.end():])
-            steps[match.group(1)] = guide[match.start(): match.end() + (end.start() if end else len(guide))]
+            end = re.search(r"\n\s*(?:\d+\.|-) |\n\n", guide[match.end() :])
+            steps[match.group(1)] = guide[match.start() : match.end() + (end.start() if end else len(guide))]
     return steps
 
 
 def test_the_diagrams_numbered_edges_are_the_guides_numbered_steps_with_the_same_protocols_and_ports():
     edges = numbered_edges((DOCS / "architecture.dot").read_text())
     steps = guide_steps((DOCS / "operations.md").read_text())
-    assert set(edges) == set(steps), f"only on the diagram: {set(edges) - set(steps)}, only in the guide: {set(steps) - set(edges)}"
+    assert set(edges) == set(steps), (
+        f"only on the diagram: {set(edges) - set(steps)}, only in the guide: {set(steps) - set(edges)}"
+    )
     assert {"B1", "B8", "T1", "T4", "K1", "K2", "K3"} <= set(steps)
     for step, pairs in edges.items():
         missing = {p for p in pairs if p not in steps[step]}

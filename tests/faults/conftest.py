@@ -75,7 +75,9 @@ class FaultPlatform:
         # What the platform's processes use: every S3 request goes through the proxy.
         self.settings = Settings.from_env({**os.environ, **overrides})
         # What the test uses to upload and to check: straight to the server, never faulted.
-        self.direct = Settings.from_env({**os.environ, **overrides, "TP_S3_ENDPOINT": f"http://127.0.0.1:{self.s3_port}"})
+        self.direct = Settings.from_env(
+            {**os.environ, **overrides, "TP_S3_ENDPOINT": f"http://127.0.0.1:{self.s3_port}"}
+        )
         self.dagster = DagsterClient(f"http://127.0.0.1:{self.ui_port}")
         self.processes: dict[str, subprocess.Popen] = {}
         self._s3_server: EmbeddedS3 | None = None
@@ -103,14 +105,30 @@ class FaultPlatform:
         from definitions import build_definitions
 
         # The default model, registered before any manifest arrives (what the model registry sensor does first).
-        assert build_definitions(self.settings).resolve_job_def("publish_model").execute_in_process(
-            instance=self.instance
-        ).success
+        assert (
+            build_definitions(self.settings)
+            .resolve_job_def("publish_model")
+            .execute_in_process(instance=self.instance)
+            .success
+        )
         bin_dir = Path(sys.executable).parent
         self._spawn(
             "code_server",
-            [str(bin_dir / "dagster"), "api", "grpc", "-h", "127.0.0.1", "-p", str(self.code_port),
-             "-f", str(REPO / "definitions.py"), "-d", str(REPO), "--location-name", "tagging"],
+            [
+                str(bin_dir / "dagster"),
+                "api",
+                "grpc",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.code_port),
+                "-f",
+                str(REPO / "definitions.py"),
+                "-d",
+                str(REPO),
+                "--location-name",
+                "tagging",
+            ],
         )
         self.start_webserver()
         self.start_daemon()
@@ -125,14 +143,22 @@ class FaultPlatform:
     def start_webserver(self) -> None:
         self._spawn(
             "webserver",
-            [str(Path(sys.executable).parent / "dagster-webserver"), "-w", str(self.home / "workspace.yaml"),
-             "-h", "127.0.0.1", "-p", str(self.ui_port)],
+            [
+                str(Path(sys.executable).parent / "dagster-webserver"),
+                "-w",
+                str(self.home / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.ui_port),
+            ],
         )
         wait_for(self.dagster.is_up, 240, "the Dagster webserver", poll_s=1)
 
     def start_daemon(self) -> None:
         self._spawn(
-            "daemon", [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(self.home / "workspace.yaml")]
+            "daemon",
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(self.home / "workspace.yaml")],
         )
 
     def stop_process(self, name: str) -> None:
@@ -222,7 +248,11 @@ class FaultPlatform:
             for run in self.runs(partition):
                 for record in self.instance.all_logs(run.run_id):
                     event = record.dagster_event
-                    if event and event.event_type_value == "STEP_WORKER_STARTED" and event.step_key.startswith(step_prefix):
+                    if (
+                        event
+                        and event.event_type_value == "STEP_WORKER_STARTED"
+                        and event.step_key.startswith(step_prefix)
+                    ):
                         return run.run_id, event.step_key, int(event.event_specific_data.metadata["pid"].value)
             return None
 
@@ -235,7 +265,8 @@ class FaultPlatform:
 
     def step_events(self, run_id: str, event_type: str) -> list:
         return [
-            r.dagster_event for r in self.instance.all_logs(run_id)
+            r.dagster_event
+            for r in self.instance.all_logs(run_id)
             if r.dagster_event and r.dagster_event.event_type_value == event_type
         ]
 
@@ -290,7 +321,9 @@ def published_location(client, settings: Settings, partition: str) -> list[str]:
 def check_marker(client, bucket: str, location_prefix: str) -> tuple[dict | None, list[dict], list[str]]:
     """The marker, the objects of the parts it lists, and every way the parts contradict it."""
     try:
-        marker = json.loads(client.get_object(Bucket=bucket, Key=location_prefix + publishing.MARKER_NAME)["Body"].read())
+        marker = json.loads(
+            client.get_object(Bucket=bucket, Key=location_prefix + publishing.MARKER_NAME)["Body"].read()
+        )
     except client.exceptions.NoSuchKey:
         return None, [], []
     problems, objects = [], []
@@ -478,8 +511,14 @@ def fault_results():
 
 
 def assert_every_image_once(
-    platform: FaultPlatform, results: FaultResults, fault: str, partition: str, uris: list[str],
-    watcher: MarkerWatcher, runs: list, **details,
+    platform: FaultPlatform,
+    results: FaultResults,
+    fault: str,
+    partition: str,
+    uris: list[str],
+    watcher: MarkerWatcher,
+    runs: list,
+    **details,
 ) -> dict:
     """Count what landed, record the fault's row (before asserting, so a failure is in the file too), and
     assert: each image once in the warehouse and once in the published objects, nothing else, the marker

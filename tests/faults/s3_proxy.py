@@ -93,7 +93,11 @@ class S3FaultProxy:
     # --- faults ----------------------------------------------------------------------------------------
 
     def faults(
-        self, *, slowdown: float = 0.0, reset: float = 0.0, methods=("GET", "PUT"),
+        self,
+        *,
+        slowdown: float = 0.0,
+        reset: float = 0.0,
+        methods=("GET", "PUT"),
         only: Callable[[str, str], bool] | None = None,
     ) -> None:
         """Fault these shares of the requests with these methods (and, with `only`, for which it is true)."""

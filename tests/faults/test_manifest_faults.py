@@ -48,7 +48,9 @@ def test_the_same_manifest_uploaded_twice_at_once_starts_one_run(platform, manif
         since = time.time()
         wait_for(lambda: platform.manifest_sensor_ticks_since(since) >= 2, 120, "two more manifest sensor ticks")
     runs = platform.runs(partition)
-    assert_every_image_once(platform, fault_results, "same_manifest_uploaded_twice_at_once", partition, uris, watcher, runs)
+    assert_every_image_once(
+        platform, fault_results, "same_manifest_uploaded_twice_at_once", partition, uris, watcher, runs
+    )
     assert keys[0] == keys[1]
     assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
 
@@ -74,7 +76,9 @@ def test_a_manifest_changed_while_its_run_is_in_progress_gets_a_second_run_that_
     by_etag = {r.tags["tagging/manifest_etag"]: r for r in runs}
     assert set(by_etag) == {first_etag, second_etag}
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    first_record, second_record = (platform.instance.get_run_record_by_id(by_etag[e].run_id) for e in (first_etag, second_etag))
+    first_record, second_record = (
+        platform.instance.get_run_record_by_id(by_etag[e].run_id) for e in (first_etag, second_etag)
+    )
     assert first_record.end_time <= second_record.start_time
     # The first run completed on the version it read: it tagged and published all four images.
     published = {
@@ -85,8 +89,15 @@ def test_a_manifest_changed_while_its_run_is_in_progress_gets_a_second_run_that_
     assert [m["objects"].value for m in published.values()] == [len(uris)]
     # What the batch holds now is the newest version, each of its images once, nothing of the older one.
     assert_every_image_once(
-        platform, fault_results, "manifest_changed_mid_run", partition, changed, watcher, runs,
-        first_version_images=len(uris), changed_version_images=len(changed),
+        platform,
+        fault_results,
+        "manifest_changed_mid_run",
+        partition,
+        changed,
+        watcher,
+        runs,
+        first_version_images=len(uris),
+        changed_version_images=len(changed),
     )
     [location] = published_location(platform.s3(), platform.settings, partition)
     marker, _, _ = check_marker(platform.s3(), platform.settings.output_bucket, location)

@@ -39,8 +39,15 @@ def test_a_tag_chunk_process_killed_mid_chunk_is_retried_without_duplicates(
         runs = platform.wait_for_finished_runs(partition)
     retried = [e.step_key for e in platform.step_events(run_id, "STEP_UP_FOR_RETRY")]
     assert_every_image_once(
-        platform, fault_results, "tag_chunk_process_killed", partition, uris, watcher, runs,
-        killed_step=step_key, steps_retried=retried,
+        platform,
+        fault_results,
+        "tag_chunk_process_killed",
+        partition,
+        uris,
+        watcher,
+        runs,
+        killed_step=step_key,
+        steps_retried=retried,
     )
     # The crash was seen as the step's failure and its retry policy ran it again, in the same run.
     assert retried == [step_key]
@@ -71,7 +78,13 @@ def test_a_tag_chunk_process_killed_after_a_checkpoint_is_retried_tagging_only_t
         e.event_specific_data.metadata for e in platform.step_events(run_id, "STEP_OUTPUT") if e.step_key == step_key
     ]
     assert_every_image_once(
-        platform, fault_results, "tag_chunk_killed_after_a_checkpoint", partition, uris, watcher, runs,
+        platform,
+        fault_results,
+        "tag_chunk_killed_after_a_checkpoint",
+        partition,
+        uris,
+        watcher,
+        runs,
         killed_step=step_key,
         checkpoint_images=CHECKPOINT_IMAGES,
         committed_before_kill=len(committed_positions),
@@ -92,7 +105,9 @@ def _chunk_parts(platform, partition: str, index: int) -> dict[str, list[int]]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"chunks/partition={partition}/")
     keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     return {
-        key: pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read())).column("position").to_pylist()
+        key: pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        .column("position")
+        .to_pylist()
         for key in keys
         if f"/chunk-{index:05d}-" in key and key.rsplit("/", 1)[-1].startswith("part-")
     }
@@ -126,9 +141,17 @@ def test_daemon_and_webserver_restarted_mid_run_lose_no_run_and_repeat_no_manife
         since = time.time()
         wait_for(lambda: platform.manifest_sensor_ticks_since(since) >= 2, 120, "two more manifest sensor ticks")
     details = {"daemon_restarted": True, "webserver_restarted": True}
-    assert_every_image_once(platform, fault_results, "daemon_restarted_mid_run", first, first_uris, watcher, first_runs, **details)
     assert_every_image_once(
-        platform, fault_results, "manifest_arriving_while_daemon_down", second, second_uris, second_watcher, second_runs,
+        platform, fault_results, "daemon_restarted_mid_run", first, first_uris, watcher, first_runs, **details
+    )
+    assert_every_image_once(
+        platform,
+        fault_results,
+        "manifest_arriving_while_daemon_down",
+        second,
+        second_uris,
+        second_watcher,
+        second_runs,
         **details,
     )
     assert [r.status for r in first_runs] == [dg.DagsterRunStatus.SUCCESS]
@@ -180,7 +203,13 @@ def test_postgresql_dropping_every_connection_mid_run_loses_nothing(
     # failed-run sensor's run names the run it stands in for (sensors/failed_run_sensor.py).
     retried_from = {r.tags.get("dagster/parent_run_id") or r.tags.get("tagging/retry_of") for r in runs}
     assert_every_image_once(
-        platform, fault_results, "postgresql_connections_dropped", partition, uris, watcher, runs,
+        platform,
+        fault_results,
+        "postgresql_connections_dropped",
+        partition,
+        uris,
+        watcher,
+        runs,
         connections_terminated=terminated,
         recovered_by=_recovered_by(runs, failed),
     )

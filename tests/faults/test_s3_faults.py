@@ -38,8 +38,15 @@ def test_throttling_and_resets_on_a_share_of_gets_and_puts_are_retried(platform,
     proxy.faults()
     injected = proxy.injected - before
     row = assert_every_image_once(
-        platform, fault_results, "s3_throttling_and_resets", partition, uris, watcher, runs,
-        injected=dict(injected), wall_s=round(time.monotonic() - started, 1),
+        platform,
+        fault_results,
+        "s3_throttling_and_resets",
+        partition,
+        uris,
+        watcher,
+        runs,
+        injected=dict(injected),
+        wall_s=round(time.monotonic() - started, 1),
     )
     # The faults really reached the run's requests, and botocore's retries absorbed them: one run, no error rows.
     assert injected["slowdown"] >= 5 and injected["reset_before"] + injected["reset_after"] >= 5, injected
@@ -64,8 +71,16 @@ def test_s3_unavailable_for_30_seconds_mid_run_loses_nothing(platform, manifest_
         runs = platform.wait_for_finished_runs(partition)
     retried = [e.step_key for run in runs for e in platform.step_events(run.run_id, "STEP_UP_FOR_RETRY")]
     row = assert_every_image_once(
-        platform, fault_results, "s3_unavailable_30s", partition, uris, watcher, runs,
-        outage_s=OUTAGE_S, steps_retried=retried, wall_s=round(time.monotonic() - started, 1),
+        platform,
+        fault_results,
+        "s3_unavailable_30s",
+        partition,
+        uris,
+        watcher,
+        runs,
+        outage_s=OUTAGE_S,
+        steps_retried=retried,
+        wall_s=round(time.monotonic() - started, 1),
     )
     # Absorbed inside the run (botocore's backoff, then the steps' retry policy): no image is an error row
     # because S3 was briefly away.
@@ -83,12 +98,18 @@ def test_an_image_s3_cannot_serve_fails_its_chunk_for_a_retry_instead_of_becomin
     fault, embedded_s3, s3, settings, model_ref, photographs, upload_images, tagger
 ):
     uris = upload_images(dict(list(photographs.items())[:2]))
-    [spec] = engine.chunk_specs(f"s3-away-{fault}", "s3://manifests/x.json", uuid.uuid4().hex, [0, 1], uris, model_ref, 2)
+    [spec] = engine.chunk_specs(
+        f"s3-away-{fault}", "s3://manifests/x.json", uuid.uuid4().hex, [0, 1], uris, model_ref, 2
+    )
     proxy = S3FaultProxy(embedded_s3.port).start()
     # Two attempts, not the platform's eight: the same giving up, sooner.
     client = boto3.client(
-        "s3", endpoint_url=proxy.endpoint, region_name=settings.aws_region, aws_access_key_id="embedded",
-        aws_secret_access_key="embedded", config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+        "s3",
+        endpoint_url=proxy.endpoint,
+        region_name=settings.aws_region,
+        aws_access_key_id="embedded",
+        aws_secret_access_key="embedded",
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
     )
     # Every GET of an image answered 503 SlowDown, or its connection reset; all else goes through.
     proxy.faults(**{fault: 1.0}, methods=("GET",), only=image_key_matcher(uris))

@@ -69,14 +69,21 @@ def k8s_namespace(k8s_api, k8s_cluster, tmp_path_factory):
     core.create_namespace({"metadata": {"name": name}})
     core.create_namespaced_service_account(name, {"metadata": {"name": "dagster"}})
     rbac.create_namespaced_role(name, {"metadata": {"name": "dagster"}, "rules": deployed_role_rules()})
-    rbac.create_namespaced_role_binding(name, {
-        "metadata": {"name": "dagster"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dagster"},
-        "subjects": [{"kind": "ServiceAccount", "name": "dagster", "namespace": name}],
-    })
-    core.create_namespaced_config_map(name, {
-        "metadata": {"name": "dagster-instance"}, "data": {"dagster.yaml": "# written per test under DAGSTER_HOME\n"},
-    })
+    rbac.create_namespaced_role_binding(
+        name,
+        {
+            "metadata": {"name": "dagster"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dagster"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dagster", "namespace": name}],
+        },
+    )
+    core.create_namespaced_config_map(
+        name,
+        {
+            "metadata": {"name": "dagster-instance"},
+            "data": {"dagster.yaml": "# written per test under DAGSTER_HOME\n"},
+        },
+    )
     deadline = time.monotonic() + 60
     while not (core.read_namespaced_service_account("dagster", name).secrets or []):
         assert time.monotonic() < deadline, "the token controller made no token for the dagster ServiceAccount"
@@ -86,8 +93,11 @@ def k8s_namespace(k8s_api, k8s_cluster, tmp_path_factory):
     from k8s_cluster.cluster import write_kubeconfig
 
     kubeconfig = write_kubeconfig(
-        tmp_path_factory.mktemp("k8s") / "dagster-sa.kubeconfig", k8s_cluster.server, token,
-        k8s_cluster.state / "pki" / "ca.crt", namespace=name,
+        tmp_path_factory.mktemp("k8s") / "dagster-sa.kubeconfig",
+        k8s_cluster.server,
+        token,
+        k8s_cluster.state / "pki" / "ca.crt",
+        namespace=name,
     )
     yield name, kubeconfig
     core.delete_namespace(name)
@@ -131,10 +141,25 @@ class K8sDagster:
         """`dagster job launch` of tag_manifest for a partition, as an operator or the sensor would; the run id."""
         run_id = str(uuid.uuid4())
         launched = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", str(REPO / "workspace.yaml"),
-             "-j", "tag_manifest", "--run-id", run_id, "--tags", json.dumps({"dagster/partition": partition})],
-            cwd=REPO, env={**os.environ, **self.env, "DAGSTER_HOME": str(self.home)},
-            check=False, capture_output=True, text=True, timeout=300,
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "job",
+                "launch",
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-j",
+                "tag_manifest",
+                "--run-id",
+                run_id,
+                "--tags",
+                json.dumps({"dagster/partition": partition}),
+            ],
+            cwd=REPO,
+            env={**os.environ, **self.env, "DAGSTER_HOME": str(self.home)},
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
         return run_id
@@ -202,10 +227,16 @@ class PodRecorder:
                     pod = event["object"]
                     self.pods[pod.metadata.name] = pod
                     scheduled = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
-                    self.seen.setdefault(pod.metadata.name, []).append({
-                        "t": time.monotonic(), "phase": pod.status.phase, "node": pod.spec.node_name,
-                        "unschedulable": scheduled.message if scheduled is not None and scheduled.status == "False" else None,
-                    })
+                    self.seen.setdefault(pod.metadata.name, []).append(
+                        {
+                            "t": time.monotonic(),
+                            "phase": pod.status.phase,
+                            "node": pod.spec.node_name,
+                            "unschedulable": scheduled.message
+                            if scheduled is not None and scheduled.status == "False"
+                            else None,
+                        }
+                    )
                     if self._stop.is_set():
                         break
             except Exception:  # noqa: BLE001 - the watch restarts

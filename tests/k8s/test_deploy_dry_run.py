@@ -38,7 +38,16 @@ def test_every_manifest_the_test_server_serves_passes_a_server_side_dry_run(k8s_
         sent.append(name)
     assert skipped == NOT_SERVED_BY_1_20
     kinds = {n.split(":")[1].split("/")[0] for n in sent}
-    assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy", "Ingress", "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "NetworkPolicy",
+        "Ingress",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+    } <= kinds
 
 
 def test_the_dry_run_rejects_what_the_server_would_reject(k8s_api, k8s_namespace):
@@ -75,8 +84,13 @@ def test_a_rehearsal_applies_what_the_server_serves_and_the_api_pod_from_its_own
     core.create_namespace({"metadata": {"name": namespace}})
     port = free_port()
     overrides = {
-        **settings.as_env(), "TP_DEPLOYMENT": "k8s", "TP_API_HOST": "127.0.0.1", "TP_API_PORT": str(port),
-        "AWS_ACCESS_KEY_ID": "embedded", "AWS_SECRET_ACCESS_KEY": "embedded", "PYTHONPATH": str(REPO),
+        **settings.as_env(),
+        "TP_DEPLOYMENT": "k8s",
+        "TP_API_HOST": "127.0.0.1",
+        "TP_API_PORT": str(port),
+        "AWS_ACCESS_KEY_ID": "embedded",
+        "AWS_SECRET_ACCESS_KEY": "embedded",
+        "PYTHONPATH": str(REPO),
         "TP_API_PRELOAD_DEFAULT_MODEL": "0",
     }
     applied = []
@@ -104,7 +118,9 @@ def test_a_rehearsal_applies_what_the_server_serves_and_the_api_pod_from_its_own
         # The pod the Deployment's ReplicaSet made, scheduled and started by the node simulator.
         deadline = time.monotonic() + 120
         while True:
-            pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=tagging-platform-api").items
+            pods = core.list_namespaced_pod(
+                namespace, label_selector="app.kubernetes.io/name=tagging-platform-api"
+            ).items
             if [p.status.phase for p in pods] == ["Running"]:
                 break
             assert time.monotonic() < deadline, [(p.metadata.name, p.status.phase) for p in pods]

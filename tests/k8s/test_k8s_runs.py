@@ -84,7 +84,9 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
     started = time.monotonic()
     run_id = k8s.launch(k8s_partition)
     done, killed = threading.Event(), {}
-    killer = threading.Thread(target=kill_a_running_chunk, args=(core, k8s.namespace, run_id, done, killed), daemon=True)
+    killer = threading.Thread(
+        target=kill_a_running_chunk, args=(core, k8s.namespace, run_id, done, killed), daemon=True
+    )
     killer.start()
     try:
         run = k8s.wait(run_id, timeout_s=600)
@@ -126,7 +128,11 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
     assert len(gpu_jobs) == len(chunk_keys) + len(retried)
 
     # The real scheduler: GPU pods land on the GPU node, never more than its 2 GPUs at once; the surplus waited.
-    ours = {name: states for name, states in recorder.seen.items() if recorder.pods[name].metadata.labels.get("dagster/run-id") == run_id}
+    ours = {
+        name: states
+        for name, states in recorder.seen.items()
+        if recorder.pods[name].metadata.labels.get("dagster/run-id") == run_id
+    }
     chunk_pods = {name: states for name, states in ours.items() if is_chunk(recorder.pods[name])}
     other_pods = {name: states for name, states in ours.items() if not is_chunk(recorder.pods[name])}
     assert len(chunk_pods) == len(gpu_jobs)
@@ -136,9 +142,7 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
     assert waited, "no GPU pod ever waited for a GPU"
     reasons = {s["unschedulable"] for name in waited for s in chunk_pods[name] if s["unschedulable"]}
     assert any(f"Insufficient {GPU}" in r for r in reasons), reasons
-    timeline = sorted(
-        (s["t"], name, s["phase"]) for name, states in chunk_pods.items() for s in states
-    )
+    timeline = sorted((s["t"], name, s["phase"]) for name, states in chunk_pods.items() for s in states)
     running, peak = set(), 0
     for _, name, phase in timeline:
         (running.add if phase == "Running" else running.discard)(name)
@@ -162,7 +166,9 @@ def test_a_manifest_runs_as_one_job_per_step_with_gpu_chunks_queued_retried_and_
 
     registered_instance.add_dynamic_partitions("manifests", [local_partition])
     local = dg.execute_job(
-        dg.reconstructable(local_tag_manifest_job), instance=registered_instance, tags={"dagster/partition": local_partition}
+        dg.reconstructable(local_tag_manifest_job),
+        instance=registered_instance,
+        tags={"dagster/partition": local_partition},
     )
     assert local.success
     _, local_objects = published(s3, settings, local_partition)
@@ -208,7 +214,9 @@ def test_a_step_pod_that_cannot_be_scheduled_fails_the_run_with_the_schedulers_r
     assert not [j for j in jobs if is_chunk(j)], "the unschedulable step's Job was left behind"
 
 
-def test_a_cpu_only_model_gets_cpu_pods_without_a_gpu_request(k8s_dagster, k8s_api, definitions, s3, settings, photographs, upload_images):
+def test_a_cpu_only_model_gets_cpu_pods_without_a_gpu_request(
+    k8s_dagster, k8s_api, definitions, s3, settings, photographs, upload_images
+):
     core, batch, _ = k8s_api
     uris = upload_images(dict(list(photographs.items())[:4]))
     partition = f"cpu-model-{uuid.uuid4().hex[:6]}"
@@ -231,7 +239,11 @@ def test_a_cpu_only_model_gets_cpu_pods_without_a_gpu_request(k8s_dagster, k8s_a
         assert GPU not in (resources.limits or {}) and GPU not in (resources.requests or {})
         assert resources.requests["memory"] == "2Gi"  # efficientnet_lite0's profile
         assert not pod_spec.node_selector and not any(t.key == GPU for t in pod_spec.tolerations or [])
-    ours = [name for name, pod in recorder.pods.items() if is_chunk(pod) and pod.metadata.labels.get("dagster/run-id") == run.run_id]
+    ours = [
+        name
+        for name, pod in recorder.pods.items()
+        if is_chunk(pod) and pod.metadata.labels.get("dagster/run-id") == run.run_id
+    ]
     nodes = {s["node"] for name in ours for s in recorder.seen[name] if s["node"]}
     assert nodes == {"tp-cpu-node"}
     _, objects = published(s3, settings, partition)
@@ -295,7 +307,9 @@ def test_a_manifest_whose_images_were_all_tagged_before_starts_no_gpu_pod_and_pu
 
     run, pods = run_on_cluster(k8s, core, partition)
     events = k8s.events(run.run_id)
-    assert run.status == dg.DagsterRunStatus.SUCCESS, [e.event_specific_data.error.message for e in events if e.is_step_failure]
+    assert run.status == dg.DagsterRunStatus.SUCCESS, [
+        e.event_specific_data.error.message for e in events if e.is_step_failure
+    ]
 
     # No tag_chunk step, so no GPU Job and no GPU pod; the run's other steps did run as pods (the count can see them).
     chunk_jobs, other_jobs = step_jobs_by_label(batch, k8s.namespace, run.run_id)
@@ -333,12 +347,18 @@ def test_a_manifest_with_one_of_two_chunks_seen_before_starts_one_gpu_pod(
 
     run, pods = run_on_cluster(k8s, core, partition)
     events = k8s.events(run.run_id)
-    assert run.status == dg.DagsterRunStatus.SUCCESS, [e.event_specific_data.error.message for e in events if e.is_step_failure]
+    assert run.status == dg.DagsterRunStatus.SUCCESS, [
+        e.event_specific_data.error.message for e in events if e.is_step_failure
+    ]
 
     chunk_jobs, _ = step_jobs_by_label(batch, k8s.namespace, run.run_id)
     chunk_pods = [name for name, pod in pods.items() if is_chunk(pod)]
     assert (len(chunk_jobs), len(chunk_pods)) == (1, 1)
-    [output] = [e.event_specific_data.metadata for e in events if e.event_type_value == "STEP_OUTPUT" and "tag_chunk" in e.step_key]
+    [output] = [
+        e.event_specific_data.metadata
+        for e in events
+        if e.event_type_value == "STEP_OUTPUT" and "tag_chunk" in e.step_key
+    ]
     assert (output["images"].value, output["tagged_this_attempt"].value) == (2, 2)
 
     _, objects = published(s3, settings, partition)
@@ -346,7 +366,9 @@ def test_a_manifest_with_one_of_two_chunks_seen_before_starts_one_gpu_pod(
     assert sorted(by_uri) == sorted([*seen, *new])
     assert all(by_uri[u]["reused_from"]["run_id"] == seen_run for u in seen)
     assert all("reused_from" not in by_uri[u] and by_uri[u]["run_id"] == run.run_id for u in new)
-    print(f"\nhalf tagged before: {len(chunk_jobs)} tag_chunk Jobs, {len(chunk_pods)} GPU pods, {len(pods)} pods in all")
+    print(
+        f"\nhalf tagged before: {len(chunk_jobs)} tag_chunk Jobs, {len(chunk_pods)} GPU pods, {len(pods)} pods in all"
+    )
 
 
 def test_a_tag_chunk_pod_killed_after_its_first_checkpoint_is_retried_in_a_new_pod_tagging_only_the_rest(
@@ -374,7 +396,8 @@ def test_a_tag_chunk_pod_killed_after_its_first_checkpoint_is_retried_in_a_new_p
             assert time.monotonic() < deadline, "the chunk never committed its first image"
             time.sleep(0.2)
         [pod] = [
-            p for p in core.list_namespaced_pod(k8s.namespace, label_selector=f"dagster/run-id={run_id}").items
+            p
+            for p in core.list_namespaced_pod(k8s.namespace, label_selector=f"dagster/run-id={run_id}").items
             if is_chunk(p) and p.status.phase == "Running"
         ]
         killed.update(pod=pod.metadata.name, parts=chunk_parts(s3, settings, partition))
@@ -390,7 +413,9 @@ def test_a_tag_chunk_pod_killed_after_its_first_checkpoint_is_retried_in_a_new_p
         release.set()
         proxy.stop()
     events = k8s.events(run.run_id)
-    assert run.status == dg.DagsterRunStatus.SUCCESS, [e.event_specific_data.error.message for e in events if e.is_step_failure]
+    assert run.status == dg.DagsterRunStatus.SUCCESS, [
+        e.event_specific_data.error.message for e in events if e.is_step_failure
+    ]
 
     # The killed pod failed its Job; the retry policy ran the step again in a new Job and pod.
     step = "image_tags.tag_chunk[chunk_00000]"
@@ -405,9 +430,13 @@ def test_a_tag_chunk_pod_killed_after_its_first_checkpoint_is_retried_in_a_new_p
     # resumed from that part and tagged only the other image, and no part of the retry holds a committed image.
     committed = {p for positions in killed["parts"].values() for p in positions}
     killed_attempts = {attempt_of(key) for key in killed["parts"]}
-    retry_parts = {k: v for k, v in chunk_parts(s3, settings, partition).items() if attempt_of(k) not in killed_attempts}
+    retry_parts = {
+        k: v for k, v in chunk_parts(s3, settings, partition).items() if attempt_of(k) not in killed_attempts
+    }
     retagged = sum(len(set(positions) & committed) for positions in retry_parts.values())
-    [output] = [e.event_specific_data.metadata for e in events if e.event_type_value == "STEP_OUTPUT" and e.step_key == step]
+    [output] = [
+        e.event_specific_data.metadata for e in events if e.event_type_value == "STEP_OUTPUT" and e.step_key == step
+    ]
     assert committed == {0} and len(killed_attempts) == 1
     assert output["attempt"].value == 1
     assert (output["resumed"].value, output["tagged_this_attempt"].value) == (1, 1)
@@ -449,7 +478,9 @@ def chunk_parts(s3, settings: Settings, partition: str) -> dict[str, list[int]]:
     bucket = settings.warehouse_bucket
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"chunks/partition={partition}/").get("Contents", [])
     return {
-        o["Key"]: pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())).column("position").to_pylist()
+        o["Key"]: pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()))
+        .column("position")
+        .to_pylist()
         for o in listed
         if o["Key"].rsplit("/", 1)[-1].startswith("part-")
     }

@@ -20,7 +20,10 @@ def _round_trip(manager, value, typing_type, partition="batch-1"):
     manager.handle_output(output, value)
     upstream = dg.build_output_context(asset_key=key, partition_key=partition, asset_partitions_def=partitions)
     context = dg.build_input_context(
-        asset_key=key, partition_key=partition, asset_partitions_def=partitions, upstream_output=upstream,
+        asset_key=key,
+        partition_key=partition,
+        asset_partitions_def=partitions,
+        upstream_output=upstream,
         dagster_type=dg.PythonObjectDagsterType(typing_type),
     )
     return manager.load_input(context)
@@ -54,7 +57,9 @@ def test_all_partitions_for_a_downstream_asset_skip_a_batch_not_yet_materialized
             {"batch": partition},
         )
     context = dg.build_input_context(
-        asset_key=key, asset_partitions_def=partitions, asset_partition_key_range=dg.PartitionKeyRange("done-1", "done-2"),
+        asset_key=key,
+        asset_partitions_def=partitions,
+        asset_partition_key_range=dg.PartitionKeyRange("done-1", "done-2"),
         dagster_type=dg.PythonObjectDagsterType(dict),
     )
     assert manager.load_input(context) == {"done-1": {"batch": "done-1"}, "done-2": {"batch": "done-2"}}

@@ -53,12 +53,20 @@ def big_png() -> bytes:
 def api_process(api_settings, keys, model_ref):
     port = free_port()
     env = {
-        **os.environ, **PROCESS_ENV, **api_settings.as_env(),
-        "TP_API_PORT": str(port), "TP_API_MAX_TAG_IMAGES": "8", "TP_API_MAX_BODY_BYTES": str(16 * 1024 * 1024),
+        **os.environ,
+        **PROCESS_ENV,
+        **api_settings.as_env(),
+        "TP_API_PORT": str(port),
+        "TP_API_MAX_TAG_IMAGES": "8",
+        "TP_API_MAX_BODY_BYTES": str(16 * 1024 * 1024),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "tagging_platform.cli", "api"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "tagging_platform.cli", "api"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -78,11 +86,15 @@ def api_process(api_settings, keys, model_ref):
         process.wait(timeout=60)
 
 
-def test_eight_concurrent_89_megapixel_pngs_stay_in_bounds_and_memory_goes_back(api_process, keys, big_png, photographs):
+def test_eight_concurrent_89_megapixel_pngs_stay_in_bounds_and_memory_goes_back(
+    api_process, keys, big_png, photographs
+):
     pid, url = api_process
     headers = {"X-API-Key": keys["acme"]}
     # One small request first: what any request allocates once (threads, buffers) belongs to "before".
-    warm = requests.post(f"{url}/v1/tag", headers=headers, files={"image": ("cat.jpg", photographs["chelsea.jpg"])}, timeout=120)
+    warm = requests.post(
+        f"{url}/v1/tag", headers=headers, files={"image": ("cat.jpg", photographs["chelsea.jpg"])}, timeout=120
+    )
     assert warm.status_code == 200, warm.text
     time.sleep(2)
     before = _memory(pid)["VmRSS"]

@@ -106,8 +106,12 @@ print(high, rss())
 def test_the_api_gives_memory_back_under_the_steps_never_trim_environment(process):
     """Both processes start with the steps' MALLOC_* variables, as the image and ConfigMap set them for every pod."""
     done = subprocess.run(
-        [sys.executable, "-c", _ALLOCATE_AND_FREE, process], env={**os.environ, **PROCESS_ENV, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=120, check=True,
+        [sys.executable, "-c", _ALLOCATE_AND_FREE, process],
+        env={**os.environ, **PROCESS_ENV, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     high, after = map(int, done.stdout.split())
     if process == "api":
@@ -129,9 +133,16 @@ def test_a_batch_whose_every_image_failed_is_failed_not_succeeded(
     location = accepted["result_location"]
     bucket, prefix = location.removeprefix("s3://").split("/", 1)
     marker = {
-        "location": location, "format": "jsonl", "images": 3, "tagged": 0, "errors": 3, "objects": 3, "files": 1,
+        "location": location,
+        "format": "jsonl",
+        "images": 3,
+        "tagged": 0,
+        "errors": 3,
+        "objects": 3,
+        "files": 1,
         "parts": [{"key": prefix + "part-00000.jsonl", "objects": 3, "bytes": 10, "sha256": "0"}],
-        "run_id": run_id, "completed_at": "2026-11-24T00:00:00+00:00",
+        "run_id": run_id,
+        "completed_at": "2026-11-24T00:00:00+00:00",
     }
     s3.put_object(Bucket=bucket, Key=prefix + "_COMPLETE.json", Body=json.dumps(marker).encode())
     body = http("GET", f"/v1/batches/{accepted['batch_id']}").json()
@@ -140,7 +151,12 @@ def test_a_batch_whose_every_image_failed_is_failed_not_succeeded(
     assert "no image could be tagged" in body["error"]["message"]
     shown = subprocess.run(
         [sys.executable, "-m", "tagging_platform.cli", "status", accepted["batch_id"], "--api-url", api.url],
-        cwd=REPO, env={**os.environ, "TP_API_KEY": keys["acme"]}, check=False, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env={**os.environ, "TP_API_KEY": keys["acme"]},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shown.returncode == 1, shown.stderr
     assert f"batch {accepted['batch_id']}: failed, 100% done, 0 of 3 images tagged, 3 errors" in shown.stdout
@@ -182,7 +198,11 @@ def test_api_key_create_assigns_the_customers_own_image_folder_unless_told(embed
     def create(*args: str) -> tuple[int, str]:
         done = subprocess.run(
             [sys.executable, "-m", "tagging_platform.cli", "api-key", "create", *args, "--rotate"],
-            cwd=REPO, check=False, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         return done.returncode, done.stdout.strip()
 
@@ -233,6 +253,7 @@ def test_no_key_reaches_the_logs_wherever_a_client_puts_it(api_settings, keys, p
     answers: list[str] = []
     try:
         with server:
+
             def call(method, path, **kwargs):
                 response = requests.request(method, server.url + path, timeout=120, **kwargs)
                 answers.append(response.text[:300])
@@ -271,7 +292,12 @@ def test_no_key_reaches_the_logs_wherever_a_client_puts_it(api_settings, keys, p
 
 def test_links_use_the_configured_public_url_never_the_host_header(http, api, customer_images, photographs):
     uris = customer_images(dict(list(photographs.items())[:1]))
-    response = http("POST", "/v1/batches", json={"images": uris}, headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"})
+    response = http(
+        "POST",
+        "/v1/batches",
+        json={"images": uris},
+        headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+    )
     assert response.status_code == 202, response.text
     assert response.json()["status_url"].startswith(api.url + "/v1/batches/")
     assert response.headers["Location"] == response.json()["status_url"]
@@ -328,7 +354,9 @@ def test_health_routes_document_only_what_they_answer(schema):
 
 
 def test_a_malformed_multipart_body_is_the_documented_400(http):
-    response = http("POST", "/v1/tag", data=b"--x\r\nnot a part", headers={"Content-Type": "multipart/form-data; boundary=x"})
+    response = http(
+        "POST", "/v1/tag", data=b"--x\r\nnot a part", headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
     assert response.status_code == 400, response.text
     assert error_of(response)["code"] == "bad_request"
 
@@ -342,7 +370,9 @@ def test_another_method_is_405_with_allow(http):
 def test_error_codes_are_an_enum_and_every_code_is_documented(schema):
     codes = {code.value for code in ErrorCode}
     assert set(schema["components"]["schemas"]["ErrorCode"]["enum"]) == codes
-    assert schema["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["$ref"] == "#/components/schemas/ErrorCode"
+    assert (
+        schema["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["$ref"] == "#/components/schemas/ErrorCode"
+    )
     documented = (REPO / "docs" / "api.md").read_text()
     assert {code for code in codes if f"`{code}`" not in documented} == set()
 

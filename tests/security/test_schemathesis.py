@@ -40,7 +40,9 @@ def test_negative_cases_are_refused_as_documented(api, keys):
     raw = requests.get(f"{api.url}/openapi.json", timeout=30).json()["paths"]
     # An operation that takes no input (GET /healthz) has no negative case to generate.
     with_input = {
-        f"{method.upper()} {path}" for path, ops in raw.items() for method, op in ops.items()
+        f"{method.upper()} {path}"
+        for path, ops in raw.items()
+        for method, op in ops.items()
         if op.get("parameters") or op.get("requestBody")
     }
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -51,8 +53,11 @@ def test_negative_cases_are_refused_as_documented(api, keys):
 
         @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
         @settings(
-            max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck),
-            derandomize=True, database=None,
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
         )
         def refused(case):
             with_key = case.call_and_validate(headers={"X-API-Key": keys["acme"]}, checks=CHECKS, timeout=60)

@@ -27,7 +27,9 @@ def test_the_canary_waits_until_the_models_are_registered(definitions, instance)
     assert canary.PARTITION not in instance.get_dynamic_partitions("manifests")
 
 
-def test_a_tick_uploads_the_canary_and_requests_a_tag_manifest_run_of_its_batch(definitions, registered_instance, s3, settings):
+def test_a_tick_uploads_the_canary_and_requests_a_tag_manifest_run_of_its_batch(
+    definitions, registered_instance, s3, settings
+):
     instance = registered_instance
     data = _tick(definitions, instance, datetime(2026, 11, 24, 5, 30, tzinfo=UTC))
 
@@ -40,7 +42,11 @@ def test_a_tick_uploads_the_canary_and_requests_a_tag_manifest_run_of_its_batch(
     assert instance.get_dynamic_partitions("manifests") == [canary.PARTITION]
 
     record = intake.read_partition(s3, settings.warehouse_bucket, canary.PARTITION)
-    assert record["manifest"] == request.tags["tagging/manifest"] == f"s3://{settings.warehouse_bucket}/{canary.MANIFEST_KEY}"
+    assert (
+        record["manifest"]
+        == request.tags["tagging/manifest"]
+        == f"s3://{settings.warehouse_bucket}/{canary.MANIFEST_KEY}"
+    )
     body = json.loads(s3.get_object(Bucket=record["bucket"], Key=record["key"])["Body"].read())
     expected = canary.photographs(canary.load_expectations())
     assert body["images"] == [f"{settings.canary_image_prefix}{name}" for name in expected]

@@ -63,7 +63,10 @@ def test_a_daemon_killed_before_deleting_the_message_starts_no_second_run(embedd
     def start_daemon():
         return subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-            cwd=REPO, env=env, stdout=(tmp_path / "daemon.log").open("ab"), stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=(tmp_path / "daemon.log").open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

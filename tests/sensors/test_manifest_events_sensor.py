@@ -21,8 +21,13 @@ MANIFEST = json.dumps({"images": ["s3://images/a.jpg"]}).encode()
 @pytest.fixture(scope="module")
 def events_settings(embedded_s3, s3):
     settings = Settings.from_env(
-        {**os.environ, "TP_INTAKE": "events", "TP_MANIFEST_PREFIX": "events/", "TP_MAX_RECEIVES": "2",
-         "TP_QUEUE_VISIBILITY_S": "30"}
+        {
+            **os.environ,
+            "TP_INTAKE": "events",
+            "TP_MANIFEST_PREFIX": "events/",
+            "TP_MAX_RECEIVES": "2",
+            "TP_QUEUE_VISIBILITY_S": "30",
+        }
     )
     configure_notifications(s3, make_client(settings, "sqs"), settings)
     yield settings
@@ -157,7 +162,9 @@ def test_a_bad_record_is_set_aside_and_the_good_records_beside_it_start_their_ru
     ]
 
     data = _tick(events_definitions, registered_instance)
-    assert sorted(r.tags["tagging/manifest"] for r in data.run_requests) == sorted([f"s3://manifests/{a}", f"s3://manifests/{b}"])
+    assert sorted(r.tags["tagging/manifest"] for r in data.run_requests) == sorted(
+        [f"s3://manifests/{a}", f"s3://manifests/{b}"]
+    )
     assert f"message {message_id} record 2: not an S3 event record" in capfd.readouterr().err
     [dead] = sqs.receive_message(QueueUrl=dead_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])["Messages"]
     assert json.loads(dead["Body"]) == {"Records": [bad]}

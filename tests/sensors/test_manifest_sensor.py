@@ -56,18 +56,23 @@ def test_new_manifest_then_nothing_then_a_changed_manifest(definitions, register
     assert data.dynamic_partitions_requests == []
 
 
-def test_a_run_is_tagged_with_the_customer_whose_folder_holds_its_manifest(definitions, registered_instance, s3, settings):
+def test_a_run_is_tagged_with_the_customer_whose_folder_holds_its_manifest(
+    definitions, registered_instance, s3, settings
+):
     data = _tick(definitions, registered_instance)  # whatever earlier tests left in the bucket
     customer = f"cust-{uuid.uuid4().hex[:6]}"
     s3.put_object(
-        Bucket="manifests", Key=f"{settings.manifest_prefix}{customer}/b.json",
+        Bucket="manifests",
+        Key=f"{settings.manifest_prefix}{customer}/b.json",
         Body=json.dumps({"images": ["s3://images/a.jpg"]}).encode(),
     )
     [request] = _tick(definitions, registered_instance, data.cursor).run_requests
     assert request.tags[intake.CUSTOMER_TAG] == customer
 
 
-def test_a_manifest_the_api_launches_is_left_alone_until_its_grace_is_over(definitions, registered_instance, s3, settings):
+def test_a_manifest_the_api_launches_is_left_alone_until_its_grace_is_over(
+    definitions, registered_instance, s3, settings
+):
     instance = registered_instance
     cursor = _tick(definitions, instance).cursor  # whatever earlier tests left in the bucket
     body = json.dumps({"images": ["s3://images/a.jpg"]}).encode()
@@ -85,7 +90,11 @@ def test_a_manifest_the_api_launches_is_left_alone_until_its_grace_is_over(defin
     assert data.run_requests == []
 
     # After the grace the sensor requests it as any other manifest (same run key as the API's launch).
-    [obj] = [o for o in intake.scan_manifests(s3, "manifests", settings.manifest_prefix, intake.ScanCursor())[0] if o.key == launched]
+    [obj] = [
+        o
+        for o in intake.scan_manifests(s3, "manifests", settings.manifest_prefix, intake.ScanCursor())[0]
+        if o.key == launched
+    ]
     now = obj.last_modified + settings.api_launch_grace_s + 1
     assert intake.launched_elsewhere(s3, [obj], settings.api_launch_grace_s, now=now) == ([obj], [])
     assert intake.launched_elsewhere(s3, [obj], settings.api_launch_grace_s, now=obj.last_modified + 1) == ([], [obj])

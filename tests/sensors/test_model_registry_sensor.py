@@ -25,8 +25,11 @@ def test_registering_a_model_makes_one_tagger_model_materialization(definitions,
     builtin, _ = models.builtin_model()
     artifact = uuid.uuid4().bytes
     card = models.ModelCard(
-        name=f"customer-{uuid.uuid4().hex[:6]}", kind="torchscript", artifact_sha256=hashlib.sha256(artifact).hexdigest(),
-        labels=("cat", "dog"), preprocessing=builtin.preprocessing,
+        name=f"customer-{uuid.uuid4().hex[:6]}",
+        kind="torchscript",
+        artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+        labels=("cat", "dog"),
+        preprocessing=builtin.preprocessing,
     )
     models.publish_model(s3, settings.model_bucket, card, artifact)
     after = _tick(definitions, instance, sensor_name="model_registry")

@@ -101,8 +101,12 @@ GENERATED = {
         5,
     ),
     "nested_100k_in_jsonl_line": (
-        lambda: b'{"source-ref": "s3://images/a.jpg"}\n{"source-ref": "s3://images/b.jpg", "x": '
-        + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+        lambda: (
+            b'{"source-ref": "s3://images/a.jpg"}\n{"source-ref": "s3://images/b.jpg", "x": '
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}\n"
+        ),
         r"^line 2: not valid JSON: nested too deeply$",
         5,
     ),
@@ -221,23 +225,31 @@ def test_a_corpus_manifest_fails_the_run_at_the_manifest_step_and_nothing_is_hal
     registered_instance.add_dynamic_partitions("manifests", [partition])
 
     result = dg.execute_job(
-        dg.reconstructable(tag_manifest_job), instance=registered_instance,
-        tags={"dagster/partition": partition}, raise_on_error=False,
+        dg.reconstructable(tag_manifest_job),
+        instance=registered_instance,
+        tags={"dagster/partition": partition},
+        raise_on_error=False,
     )
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert failure.step_key == "manifest"
     reason = EXPECTED[name].strip("^$")
-    assert re.search(rf"Failure: manifest s3://{settings.manifest_bucket}/{re.escape(key)} rejected: {reason}",
-                     failure.step_failure_data.error.message), failure.step_failure_data.error.message
+    assert re.search(
+        rf"Failure: manifest s3://{settings.manifest_bucket}/{re.escape(key)} rejected: {reason}",
+        failure.step_failure_data.error.message,
+    ), failure.step_failure_data.error.message
     # No step after the manifest ran: nothing planned, tagged, stored or published for this batch.
     started = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START}
     assert started == {"manifest"}
-    assert not s3.list_objects_v2(Bucket=settings.warehouse_bucket, Prefix=f"chunks/partition={partition}/").get("Contents")
+    assert not s3.list_objects_v2(Bucket=settings.warehouse_bucket, Prefix=f"chunks/partition={partition}/").get(
+        "Contents"
+    )
     published = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=f"{settings.output_prefix}{partition}/")
     assert [o["Key"] for o in published.get("Contents", [])] == [f"{settings.output_prefix}{partition}/_REJECTED.json"]
     rejected = json.loads(
-        s3.get_object(Bucket=settings.output_bucket, Key=f"{settings.output_prefix}{partition}/_REJECTED.json")["Body"].read()
+        s3.get_object(Bucket=settings.output_bucket, Key=f"{settings.output_prefix}{partition}/_REJECTED.json")[
+            "Body"
+        ].read()
     )
     assert rejected["status"] == "rejected" and rejected["manifest"] == f"s3://{settings.manifest_bucket}/{key}"
     assert re.search(reason, rejected["error"])

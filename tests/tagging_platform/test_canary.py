@@ -73,7 +73,10 @@ def test_an_image_missing_from_the_output_or_in_error_fails():
     chelsea = canary.Expectation("chelsea", "a cat", 5, (), ("cat",))
     coffee = canary.Expectation("coffee", "an espresso", 5, ("espresso",), ())
     verdicts = canary.judge([published("coffee", [], status="error")], [chelsea, coffee])
-    assert [(v.photograph, v.passed, v.status) for v in verdicts] == [("chelsea", False, "missing"), ("coffee", False, "error")]
+    assert [(v.photograph, v.passed, v.status) for v in verdicts] == [
+        ("chelsea", False, "missing"),
+        ("coffee", False, "error"),
+    ]
     assert verdicts[1].describe().endswith("got error: not found")
 
 
@@ -89,7 +92,9 @@ def test_an_image_missing_from_the_output_or_in_error_fails():
 )
 def test_an_expectation_that_could_never_match_is_refused(tmp_path, entry, message):
     path = tmp_path / "canary.json"
-    path.write_text(json.dumps({"photographs": [{"shows": "x", "within_top": 5, "any_tag": [], "any_parent": [], **entry}]}))
+    path.write_text(
+        json.dumps({"photographs": [{"shows": "x", "within_top": 5, "any_tag": [], "any_parent": [], **entry}]})
+    )
     with pytest.raises(canary.CanaryError, match=message):
         canary.load_expectations(str(path))
 
@@ -98,12 +103,25 @@ def test_an_expectation_that_could_never_match_is_refused(tmp_path, entry, messa
 def test_the_canary_reads_the_published_objects_in_either_format(s3, fmt):
     rows = [
         {
-            "image": f"s3://images/canary/{name}.jpg", "position": i, "etag": "e", "status": tags.STATUS_OK, "error": None,
-            "tags": [{"name": tag, "confidence": 0.9, "parents": parents}], "top_tag": tag, "top_confidence": 0.9,
-            "model_name": "mobilenet_v2", "model_version": "sha256:abc", "manifest": "s3://warehouse/canary/manifest.json",
-            "partition": canary.PARTITION, "chunk": 0, "run_id": "run-1", "tagged_at": datetime.now(UTC),
+            "image": f"s3://images/canary/{name}.jpg",
+            "position": i,
+            "etag": "e",
+            "status": tags.STATUS_OK,
+            "error": None,
+            "tags": [{"name": tag, "confidence": 0.9, "parents": parents}],
+            "top_tag": tag,
+            "top_confidence": 0.9,
+            "model_name": "mobilenet_v2",
+            "model_version": "sha256:abc",
+            "manifest": "s3://warehouse/canary/manifest.json",
+            "partition": canary.PARTITION,
+            "chunk": 0,
+            "run_id": "run-1",
+            "tagged_at": datetime.now(UTC),
         }
-        for i, (name, tag, parents) in enumerate([("chelsea", "tabby", CAT_PARENTS), ("coffee", "espresso", ["coffee"])])
+        for i, (name, tag, parents) in enumerate(
+            [("chelsea", "tabby", CAT_PARENTS), ("coffee", "espresso", ["coffee"])]
+        )
     ]
     location = f"s3://tags/canary-read-{uuid.uuid4().hex[:6]}/"
     marker = publishing.publish(s3, tags.tag_table(rows), location, fmt=fmt, part_images=1, lineage={})
@@ -111,5 +129,6 @@ def test_the_canary_reads_the_published_objects_in_either_format(s3, fmt):
     objects = canary.published_objects(s3, marker)
 
     assert sorted((o["image"], o["tags"][0]["name"]) for o in objects) == [
-        ("s3://images/canary/chelsea.jpg", "tabby"), ("s3://images/canary/coffee.jpg", "espresso")
+        ("s3://images/canary/chelsea.jpg", "tabby"),
+        ("s3://images/canary/coffee.jpg", "espresso"),
     ]

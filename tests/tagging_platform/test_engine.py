@@ -21,8 +21,13 @@ def tagger(s3, model_ref: ModelRef):
 
 def _spec(uris, model_ref, index=0, etag="manifest-etag"):
     return engine.ChunkSpec(
-        partition="engine-test", manifest="s3://manifests/incoming/engine-test.json", manifest_etag=etag,
-        index=index, positions=tuple(range(len(uris))), images=tuple(uris), model=model_ref,
+        partition="engine-test",
+        manifest="s3://manifests/incoming/engine-test.json",
+        manifest_etag=etag,
+        index=index,
+        positions=tuple(range(len(uris))),
+        images=tuple(uris),
+        model=model_ref,
     )
 
 
@@ -88,7 +93,9 @@ def _parts(s3, bucket, spec):
     return sorted(item["Key"] for item in listed)
 
 
-def test_a_chunk_commits_a_part_every_checkpoint_and_its_marker_last(s3, tagger, settings, photographs, upload_images, model_ref):
+def test_a_chunk_commits_a_part_every_checkpoint_and_its_marker_last(
+    s3, tagger, settings, photographs, upload_images, model_ref
+):
     uris = upload_images({f"{i}-{name}": body for i, (name, body) in enumerate(list(photographs.items())[:5])})
     spec = _spec(uris, model_ref, etag=f"checkpoints-{uris[0]}")
     tagger = dataclasses.replace(tagger, batch_size=1)
@@ -104,7 +111,9 @@ def test_a_chunk_commits_a_part_every_checkpoint_and_its_marker_last(s3, tagger,
     assert sorted(table.column("position").to_pylist()) == [0, 1, 2, 3, 4]
 
 
-def test_a_retried_attempt_tags_only_what_no_committed_part_holds(s3, tagger, settings, photographs, upload_images, model_ref):
+def test_a_retried_attempt_tags_only_what_no_committed_part_holds(
+    s3, tagger, settings, photographs, upload_images, model_ref
+):
     """What a killed attempt leaves (parts for its first images, no marker) and what the retry then does."""
     uris = upload_images({f"{i}-{name}": body for i, (name, body) in enumerate(list(photographs.items())[:5])})
     spec = _spec(uris, model_ref, etag=f"resumed-{uris[0]}")
@@ -124,7 +133,9 @@ def test_a_retried_attempt_tags_only_what_no_committed_part_holds(s3, tagger, se
     assert by_position == {0: "attempt-1", 1: "attempt-1", 2: "attempt-1", 3: "attempt-2", 4: "attempt-2"}
 
 
-def test_parts_of_attempts_running_at_once_add_no_image_twice(s3, tagger, settings, photographs, upload_images, model_ref):
+def test_parts_of_attempts_running_at_once_add_no_image_twice(
+    s3, tagger, settings, photographs, upload_images, model_ref
+):
     """A pod presumed dead that was still running: its parts overlap another attempt's, or land after the marker."""
     uris = upload_images({f"{i}-{name}": body for i, (name, body) in enumerate(list(photographs.items())[:3])})
     spec = _spec(uris, model_ref, etag=f"zombie-{uris[0]}")
@@ -170,8 +181,11 @@ def test_a_torchscript_model_in_the_model_bucket_tags_like_the_network_it_was_ma
     torch.jit.save(torch.jit.script(network), buffer)
     artifact = buffer.getvalue()
     card = models.ModelCard(
-        name="customer-net", kind="torchscript", artifact_sha256=hashlib.sha256(artifact).hexdigest(),
-        labels=builtin.labels, preprocessing=builtin.preprocessing,
+        name="customer-net",
+        kind="torchscript",
+        artifact_sha256=hashlib.sha256(artifact).hexdigest(),
+        labels=builtin.labels,
+        preprocessing=builtin.preprocessing,
     )
     ref = models.publish_model(s3, settings.model_bucket, card, artifact)
     assert models.resolve_model(s3, settings.model_bucket, "customer-net") == ref

@@ -36,7 +36,8 @@ def test_the_test_event_announces_nothing():
 def test_one_message_may_hold_several_records():
     body = _body(_record("incoming/a.json", etag="1"), _record("incoming/b.jsonl.gz", etag="2"))
     assert [o.key for o in parse_notification(body, "manifests", "incoming/").manifests] == [
-        "incoming/a.json", "incoming/b.jsonl.gz"
+        "incoming/a.json",
+        "incoming/b.jsonl.gz",
     ]
 
 
@@ -78,8 +79,13 @@ def test_manifest_suffixes_match_in_any_case():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"eventSource": "aws:s3"}, "a string", None, {**_record("incoming/x.json"), "s3": {"object": {"key": "k"}}},
-     {**_record("incoming/x.json"), "eventName": 5}],
+    [
+        {"eventSource": "aws:s3"},
+        "a string",
+        None,
+        {**_record("incoming/x.json"), "s3": {"object": {"key": "k"}}},
+        {**_record("incoming/x.json"), "eventName": 5},
+    ],
     ids=["no-fields", "string", "null", "no-bucket", "event-name-not-text"],
 )
 def test_a_malformed_record_is_set_aside_by_number_and_its_siblings_are_read(bad):

@@ -31,7 +31,9 @@ def _png_declaring(width: int, height: int, pixels: bytes = b"") -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixels, 9)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixels, 9)) + chunk(b"IEND", b"")
+    )
 
 
 def _exif_rotated(image: Image.Image) -> bytes:
@@ -63,9 +65,18 @@ def hostile() -> dict[str, tuple[bytes, str | None]]:
         "truncated.jpg": (jpeg[: len(jpeg) // 3], "decode failed: OSError: image file is truncated"),
         "header-only.jpg": (jpeg[:200], "decode failed: OSError: "),
         "zero-bytes.jpg": (b"", "not an image: no decoder recognises the file"),
-        "text.jpg": (b"Dear customer,\nthis is a letter, not a photograph.\n" * 20, "not an image: no decoder recognises the file"),
-        "html.png": (b"<!doctype html><html><body><img src=x></body></html>", "not an image: no decoder recognises the file"),
-        "bomb-30000x30000.png": (_png_declaring(30_000, 30_000), "decompression bomb: Image size (900000000 pixels) exceeds limit of 178956970 pixels"),
+        "text.jpg": (
+            b"Dear customer,\nthis is a letter, not a photograph.\n" * 20,
+            "not an image: no decoder recognises the file",
+        ),
+        "html.png": (
+            b"<!doctype html><html><body><img src=x></body></html>",
+            "not an image: no decoder recognises the file",
+        ),
+        "bomb-30000x30000.png": (
+            _png_declaring(30_000, 30_000),
+            "decompression bomb: Image size (900000000 pixels) exceeds limit of 178956970 pixels",
+        ),
         "bomb-10000x10000.png": (
             _png_declaring(bomb_side, bomb_side, bytes((bomb_side + 1) * bomb_side)),
             f"decompression bomb: image is 10000x10000 pixels, over the limit of {engine.MAX_IMAGE_PIXELS} pixels",
@@ -81,8 +92,13 @@ def tagger(s3, model_ref: ModelRef):
 
 def _spec(uris, model_ref):
     return engine.ChunkSpec(
-        partition="hostile-test", manifest="s3://manifests/incoming/hostile-test.json", manifest_etag="etag",
-        index=0, positions=tuple(range(len(uris))), images=tuple(uris), model=model_ref,
+        partition="hostile-test",
+        manifest="s3://manifests/incoming/hostile-test.json",
+        manifest_etag="etag",
+        index=0,
+        positions=tuple(range(len(uris))),
+        images=tuple(uris),
+        model=model_ref,
     )
 
 

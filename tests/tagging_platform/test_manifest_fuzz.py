@@ -55,25 +55,57 @@ def outcome(data: bytes) -> Manifest | ManifestError:
 # Pieces a manifest is made of, so that random structures often get deep into the validation.
 _URIS = st.sampled_from(
     [
-        "s3://images/a.jpg", "s3://images/b/c.png", "s3://photos/2024/x.jpg", "s3://photos/2023/x.jpg",
-        "s3://images/../a.jpg", "s3://images/./a.jpg", "s3://images/", "s3://images", "s3://", "s3:///a.jpg",
-        "s3://other/a.jpg", "s3://images-x/a.jpg", "http://images/a.jpg", "file:///etc/passwd", "gs://images/a",
-        "S3://images/a.jpg", "s3://images/a\x00.jpg", "s3://images/a\\b.jpg", "s3://images/\ud800", "s3://tags/out/",
-        "s3://images/" + "k" * 1100, "s3://images/" + "é" * 600, "mobilenet_v2", "a.jpg", "../b.jpg", "",
+        "s3://images/a.jpg",
+        "s3://images/b/c.png",
+        "s3://photos/2024/x.jpg",
+        "s3://photos/2023/x.jpg",
+        "s3://images/../a.jpg",
+        "s3://images/./a.jpg",
+        "s3://images/",
+        "s3://images",
+        "s3://",
+        "s3:///a.jpg",
+        "s3://other/a.jpg",
+        "s3://images-x/a.jpg",
+        "http://images/a.jpg",
+        "file:///etc/passwd",
+        "gs://images/a",
+        "S3://images/a.jpg",
+        "s3://images/a\x00.jpg",
+        "s3://images/a\\b.jpg",
+        "s3://images/\ud800",
+        "s3://tags/out/",
+        "s3://images/" + "k" * 1100,
+        "s3://images/" + "é" * 600,
+        "mobilenet_v2",
+        "a.jpg",
+        "../b.jpg",
+        "",
     ]
 )
-_TEXT = st.text(max_size=20) | st.text(st.sampled_from("s3:/images.jpg\\\x00\n\"{}[],é\ud800"), max_size=30)
+_TEXT = st.text(max_size=20) | st.text(st.sampled_from('s3:/images.jpg\\\x00\n"{}[],é\ud800'), max_size=30)
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | _URIS | _TEXT
 _KEYS = st.sampled_from(["images", "model", "output", "id", "source-ref", "prefix"]) | st.text(max_size=6)
 _JSON = st.recursive(
     _SCALARS, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(_KEYS, inner, max_size=5), max_leaves=20
 )
 _MANIFESTS = st.one_of(
-    st.builds(lambda images, extra: {"images": images, **extra}, st.lists(_URIS | _SCALARS, max_size=6),
-              st.dictionaries(st.sampled_from(["model", "output", "id"]), _URIS | _SCALARS, max_size=3)),
-    st.builds(lambda prefix, keys: [{"prefix": prefix}, *keys], _URIS | _SCALARS, st.lists(_URIS | _SCALARS, max_size=6)),
-    st.lists(st.builds(lambda ref, extra: {"source-ref": ref, **extra}, _URIS | _SCALARS,
-                       st.dictionaries(_KEYS, _JSON, max_size=2)) | _JSON, min_size=1, max_size=6),
+    st.builds(
+        lambda images, extra: {"images": images, **extra},
+        st.lists(_URIS | _SCALARS, max_size=6),
+        st.dictionaries(st.sampled_from(["model", "output", "id"]), _URIS | _SCALARS, max_size=3),
+    ),
+    st.builds(
+        lambda prefix, keys: [{"prefix": prefix}, *keys], _URIS | _SCALARS, st.lists(_URIS | _SCALARS, max_size=6)
+    ),
+    st.lists(
+        st.builds(
+            lambda ref, extra: {"source-ref": ref, **extra}, _URIS | _SCALARS, st.dictionaries(_KEYS, _JSON, max_size=2)
+        )
+        | _JSON,
+        min_size=1,
+        max_size=6,
+    ),
     _JSON,
 )
 
@@ -113,7 +145,24 @@ def test_mutated_manifests_never_raise_anything_but_manifest_error(value, draw):
         elif action == "flip" and data:
             data[min(where, len(data) - 1)] = draw.draw(st.integers(0, 255))
         elif action == "insert":
-            data[where:where] = draw.draw(st.sampled_from([b"NaN", b"-Infinity", b"\n", b",", b"]", b"}", b'"', b"\\u", b"\x00", b"\xff", b"1e999", b"9" * 5000]))
+            data[where:where] = draw.draw(
+                st.sampled_from(
+                    [
+                        b"NaN",
+                        b"-Infinity",
+                        b"\n",
+                        b",",
+                        b"]",
+                        b"}",
+                        b'"',
+                        b"\\u",
+                        b"\x00",
+                        b"\xff",
+                        b"1e999",
+                        b"9" * 5000,
+                    ]
+                )
+            )
         elif action == "nest":
             depth = draw.draw(st.sampled_from([10, 1000, 50_000]))
             data[where:where] = b"[" * depth
@@ -132,7 +181,10 @@ def test_atheris_finds_nothing_in_a_short_run(tmp_path):
     runs = max(200, TOTAL_EXAMPLES // 4)
     done = subprocess.run(
         [sys.executable, __file__, f"-runs={runs}", "-seed=1", f"-artifact_prefix={tmp_path}/"],
-        check=False, capture_output=True, text=True, timeout=600,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"Done {runs} runs" in done.stderr

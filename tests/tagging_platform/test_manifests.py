@@ -92,7 +92,11 @@ def test_native_fields_given_as_null_count_as_not_given():
 
 
 def test_reuse_is_on_unless_a_native_manifest_turns_it_off():
-    assert parse(native(IMAGES)).reuse and parse(native(IMAGES, reuse=None)).reuse and parse(native(IMAGES, reuse=True)).reuse
+    assert (
+        parse(native(IMAGES)).reuse
+        and parse(native(IMAGES, reuse=None)).reuse
+        and parse(native(IMAGES, reuse=True)).reuse
+    )
     assert not parse(native(IMAGES, reuse=False)).reuse
     assert parse(SAME_IMAGES_IN_EACH_FORMAT["jsonl"]).reuse
 
@@ -169,7 +173,8 @@ _GROUND_TRUTH_LINE = {
         b"\xef\xbb\xbf"
         + b"\r\n".join(json.dumps({"source-ref": uri, **_GROUND_TRUTH_LINE}).encode() for uri in IMAGES)
         + b"\r\n\r\n",
-        b"\n\n" + b"\n\n".join(json.dumps({"source-ref": uri, **_GROUND_TRUTH_LINE}, indent=None).encode() for uri in IMAGES),
+        b"\n\n"
+        + b"\n\n".join(json.dumps({"source-ref": uri, **_GROUND_TRUTH_LINE}, indent=None).encode() for uri in IMAGES),
     ],
 )
 def test_manifests_in_the_shapes_sagemaker_and_ground_truth_write_list_only_their_images(data):
@@ -435,7 +440,7 @@ def test_jsonl_problems_are_rejected_naming_the_line(data, problem):
     [
         (b'{"x": 1}\n' + FIRST_LINE, 'line 1: no "source-ref"'),
         (b'\n\n{"x": 1}\r\n{"x": 2}\n', 'line 3: no "source-ref"'),
-        (b'[1, 2]\n' + FIRST_LINE, 'line 1: expected a JSON object with "source-ref", got a JSON array'),
+        (b"[1, 2]\n" + FIRST_LINE, 'line 1: expected a JSON object with "source-ref", got a JSON array'),
         (b'"s3://images/a.jpg"\n' + FIRST_LINE, 'line 1: expected a JSON object with "source-ref", got a JSON string'),
         (b'{"source-ref": "s3://images/a.jpg"\n' + FIRST_LINE, "line 1: not valid JSON: Expecting ',' delimiter"),
         (b"\xef\xbb\xbf" + b'{"label": 3}\r\n' + FIRST_LINE, 'line 1: no "source-ref"'),
@@ -460,7 +465,7 @@ def test_a_native_manifest_with_trailing_garbage_is_not_mistaken_for_jsonl():
     assert rejection(native(IMAGES) + b"\ngarbage").startswith("not valid JSON: Extra data")
 
 
-@pytest.mark.parametrize("data", [b"hello", b"\"s3://images/a.jpg\"", b"42", b"null", b"images: [a.jpg]"])
+@pytest.mark.parametrize("data", [b"hello", b'"s3://images/a.jpg"', b"42", b"null", b"images: [a.jpg]"])
 def test_something_that_is_not_a_manifest_is_rejected(data):
     message = rejection(data)
     assert message.startswith("not valid JSON") or "not a JSON" in message
@@ -647,11 +652,13 @@ _STRINGS = st.sampled_from(
 ) | st.text(max_size=12)
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | _STRINGS,
-    lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(
-        st.sampled_from(["images", "model", "output", "id", "source-ref", "prefix"]) | st.text(max_size=5),
-        inner,
-        max_size=4,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(["images", "model", "output", "id", "source-ref", "prefix"]) | st.text(max_size=5),
+            inner,
+            max_size=4,
+        )
     ),
     max_leaves=12,
 )
@@ -730,7 +737,9 @@ def test_jsonl_problems_are_reported_in_the_order_of_a_manifest_read_whole(monke
     lines = [FIRST_LINE.strip(), b'{"source-ref": "s3://other/x.jpg"}', *[b'{"source-ref": "s3://images/b.jpg"}'] * 3]
     outside_then_unreadable = b"\n".join([*lines, b"[1, 2]"])
     assert rejection(outside_then_unreadable) == 'line 6: expected a JSON object with "source-ref", got a JSON array'
-    assert rejection(io.BytesIO(gzip.compress(outside_then_unreadable)[:-10])).startswith("the manifest is not valid gzip")
+    assert rejection(io.BytesIO(gzip.compress(outside_then_unreadable)[:-10])).startswith(
+        "the manifest is not valid gzip"
+    )
     assert rejection(io.BytesIO(b"\n".join(lines))) == (
         "line 2: s3://other/x.jpg is outside the allowed image locations [images, photos/2024/]"
     )

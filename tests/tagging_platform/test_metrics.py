@@ -29,7 +29,13 @@ def scrape(gateway: str, batch: str = "", job: str = "") -> dict[tuple[str, tupl
 def test_a_chunk_pushes_its_progress_then_its_totals(pushgateway):
     push = chunk_pusher(pushgateway, "batch-metrics", 3, "mobilenet_v2", "sha256:abc")
     push(ChunkStats(images=100, tagged=40, errors=2, model_load_s=1.5, wall_s=10.0))
-    labels = (("batch", "batch-metrics"), ("chunk", "3"), ("job", "tag_chunk"), ("model", "mobilenet_v2"), ("version", "sha256:abc"))
+    labels = (
+        ("batch", "batch-metrics"),
+        ("chunk", "3"),
+        ("job", "tag_chunk"),
+        ("model", "mobilenet_v2"),
+        ("version", "sha256:abc"),
+    )
     running = scrape(pushgateway, "batch-metrics")
     assert running[("tagging_chunk_images", tuple(sorted((*labels, ("status", "ok")))))] == 40
     assert running[("tagging_chunk_done", labels)] == 0
@@ -47,7 +53,9 @@ def test_a_chunk_pushes_its_progress_then_its_totals(pushgateway):
 def test_a_merged_batchs_chunk_groups_are_deleted_and_other_batches_kept(pushgateway):
     for batch in ("batch-merged", "batch-running"):
         for chunk in (0, 1):
-            chunk_pusher(pushgateway, batch, chunk, "mobilenet_v2", "sha256:abc")(ChunkStats(images=2, tagged=2), done=True)
+            chunk_pusher(pushgateway, batch, chunk, "mobilenet_v2", "sha256:abc")(
+                ChunkStats(images=2, tagged=2), done=True
+            )
     assert {dict(key)["chunk"] for _, key in scrape(pushgateway, "batch-merged")} == {"0", "1"}
     delete_chunks(pushgateway, "batch-merged", [0, 1])
     assert scrape(pushgateway, "batch-merged") == {}
@@ -60,10 +68,13 @@ def test_a_gateway_that_is_down_never_fails_the_chunk(caplog):
     assert "could not push metrics" in caplog.text
 
 
-
 def test_the_canary_pushes_its_result_and_when_it_ran_replacing_the_previous_one(pushgateway):
-    push_canary(pushgateway, passed=True, images=5, failed=0, model="mobilenet_v2", version="sha256:old", at=1700000000.0)
-    push_canary(pushgateway, passed=False, images=5, failed=2, model="mobilenet_v2", version="sha256:new", at=1700001800.0)
+    push_canary(
+        pushgateway, passed=True, images=5, failed=0, model="mobilenet_v2", version="sha256:old", at=1700000000.0
+    )
+    push_canary(
+        pushgateway, passed=False, images=5, failed=2, model="mobilenet_v2", version="sha256:new", at=1700001800.0
+    )
     labels = (("job", CANARY_JOB), ("model", "mobilenet_v2"), ("version", "sha256:new"))
     pushed = scrape(pushgateway, job=CANARY_JOB)
     assert pushed[("tagging_canary_last_run_timestamp_seconds", labels)] == 1700001800.0

@@ -16,7 +16,9 @@ def _spec(uris, ref):
     return ChunkSpec("p", "s3://manifests/m.json", "etag", 0, tuple(range(len(uris))), tuple(uris), ref)
 
 
-def test_efficientnet_lite0_is_registered_with_its_own_normalisation_and_runs_on_cpu(s3, settings, photographs, upload_images):
+def test_efficientnet_lite0_is_registered_with_its_own_normalisation_and_runs_on_cpu(
+    s3, settings, photographs, upload_images
+):
     card, artifact = models.builtin_model("efficientnet_lite0")
     assert card.preprocessing.mean == pytest.approx((127 / 255,) * 3) and card.profile.accelerator == "cpu"
     ref = models.publish_model(s3, settings.model_bucket, card, artifact)
@@ -65,8 +67,21 @@ def test_model_register_and_list_on_the_command_line(s3, settings, tmp_path, cap
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     name = f"cli-net-{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]}"
-    code = cli.main(["model", "register", name, "--torchscript", str(_torchscript(tmp_path, 2)), "--labels", str(labels),
-                     "--accelerator", "cpu", "--memory", "1Gi"])
+    code = cli.main(
+        [
+            "model",
+            "register",
+            name,
+            "--torchscript",
+            str(_torchscript(tmp_path, 2)),
+            "--labels",
+            str(labels),
+            "--accelerator",
+            "cpu",
+            "--memory",
+            "1Gi",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     ref = models.resolve_model(s3, settings.model_bucket, name)
@@ -82,7 +97,9 @@ def test_model_register_and_list_on_the_command_line(s3, settings, tmp_path, cap
 def test_a_network_that_disagrees_with_its_labels_is_not_registered(s3, settings, tmp_path, capsys):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(["a", "b", "c"]))
-    code = cli.main(["model", "register", "mismatch", "--torchscript", str(_torchscript(tmp_path, 2)), "--labels", str(labels)])
+    code = cli.main(
+        ["model", "register", "mismatch", "--torchscript", str(_torchscript(tmp_path, 2)), "--labels", str(labels)]
+    )
     assert code == 2
     assert "gives (1, 2) for one image, but there are 3 labels" in capsys.readouterr().err
     with pytest.raises(models.ModelError, match="unknown model 'mismatch'"):

@@ -19,11 +19,20 @@ DOG = ["dog", "domestic animal", "canine", "carnivore", "placental", "mammal", "
 def _row(image="s3://images/p/chelsea.jpg", status=tags.STATUS_OK, found=None):
     found = [("Egyptian cat", 0.69, CAT), ("tabby", 0.12, CAT), ("beagle", 0.08, DOG)] if found is None else found
     return {
-        "image": image, "position": 0, "etag": "e0", "status": status,
+        "image": image,
+        "position": 0,
+        "etag": "e0",
+        "status": status,
         "error": None if status == tags.STATUS_OK else "decode failed: truncated",
         "tags": [{"name": n, "confidence": c, "parents": p} for n, c, p in found] if status == tags.STATUS_OK else None,
-        "top_tag": None, "top_confidence": None, "model_name": "mobilenet_v2", "model_version": "sha256:abc",
-        "manifest": "s3://manifests/incoming/p.json", "partition": "p", "chunk": 0, "run_id": "run-1",
+        "top_tag": None,
+        "top_confidence": None,
+        "model_name": "mobilenet_v2",
+        "model_version": "sha256:abc",
+        "manifest": "s3://manifests/incoming/p.json",
+        "partition": "p",
+        "chunk": 0,
+        "run_id": "run-1",
         "tagged_at": datetime.now(UTC),
     }
 
@@ -93,7 +102,9 @@ def test_published_groundtruth_parts_are_a_manifest_our_parser_reads_back(s3):
         row["position"] = position
     location = "s3://tags/formats-groundtruth-unit/"
     options = Options(job_name="tagging-platform/p", creation_date="2026-12-03T10:00:00.000000")
-    marker = publishing.publish(s3, tags.tag_table(rows), location, fmt="groundtruth", part_images=2, lineage={}, options=options)
+    marker = publishing.publish(
+        s3, tags.tag_table(rows), location, fmt="groundtruth", part_images=2, lineage={}, options=options
+    )
     assert marker["format"] == "groundtruth" and marker["files"] == 3
     _, records = read_published(s3, "tags", "formats-groundtruth-unit/")
     assert_ground_truth_manifest(records, [row["image"] for row in rows])
@@ -143,5 +154,7 @@ def test_bad_publishing_fields_are_rejected_naming_the_field(fields, problem):
     from tagging_platform.manifests import ManifestError
 
     with pytest.raises(ManifestError) as info:
-        parse_manifest(json.dumps({"images": ["s3://images/a.jpg"], **fields}).encode(), "m", allowed_image_prefixes=["images"])
+        parse_manifest(
+            json.dumps({"images": ["s3://images/a.jpg"], **fields}).encode(), "m", allowed_image_prefixes=["images"]
+        )
     assert str(info.value).startswith(problem)

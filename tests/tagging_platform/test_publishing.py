@@ -13,13 +13,21 @@ def _table(n):
     now = datetime.now(UTC)
     rows = [
         {
-            "image": f"s3://images/p/{i}.jpg", "position": i, "etag": f"e{i}",
+            "image": f"s3://images/p/{i}.jpg",
+            "position": i,
+            "etag": f"e{i}",
             "status": tags.STATUS_OK if i % 5 else tags.STATUS_ERROR,
             "error": None if i % 5 else "not found: the object does not exist",
             "tags": [{"name": "tabby", "confidence": 0.9, "parents": []}] if i % 5 else None,
-            "top_tag": "tabby" if i % 5 else None, "top_confidence": 0.9 if i % 5 else None,
-            "model_name": "mobilenet_v2", "model_version": "sha256:abc", "manifest": "s3://manifests/incoming/p.json",
-            "partition": "p", "chunk": 0, "run_id": "run-1", "tagged_at": now,
+            "top_tag": "tabby" if i % 5 else None,
+            "top_confidence": 0.9 if i % 5 else None,
+            "model_name": "mobilenet_v2",
+            "model_version": "sha256:abc",
+            "manifest": "s3://manifests/incoming/p.json",
+            "partition": "p",
+            "chunk": 0,
+            "run_id": "run-1",
+            "tagged_at": now,
         }
         for i in range(n)
     ]
@@ -33,7 +41,7 @@ def location():
 
 def _keys(s3, location):
     bucket, prefix = location[5:].split("/", 1)
-    return sorted(o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+    return sorted(o["Key"][len(prefix) :] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
 
 def test_jsonl_parts_and_a_marker_that_accounts_for_every_image(s3, location):

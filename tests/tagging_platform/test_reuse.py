@@ -40,12 +40,19 @@ def run(s3, settings, model_ref):
         reused_rows = tags.empty_tag_table()
         if reuse_tags:
             found = reuse.plan_reuse(
-                s3, settings.warehouse_bucket, model_ref, {"manifest": manifest, "partition": partition}, run_id,
-                positions, images,
+                s3,
+                settings.warehouse_bucket,
+                model_ref,
+                {"manifest": manifest, "partition": partition},
+                run_id,
+                positions,
+                images,
             )
             reused_rows, positions, images = found.rows, found.positions, found.images
         planned = engine.plan_batch(s3, settings.warehouse_bucket, partition, manifest_etag, model_ref, reused_rows)
-        specs = engine.chunk_specs(partition, manifest, manifest_etag, positions, images, model_ref, max(1, len(images)))
+        specs = engine.chunk_specs(
+            partition, manifest, manifest_etag, positions, images, model_ref, max(1, len(images))
+        )
         for spec in specs:
             engine.run_chunk(s3, settings.warehouse_bucket, spec, run_id, load)
         parts = [engine.read_reused(s3, settings.warehouse_bucket, planned)]
@@ -78,7 +85,10 @@ def test_a_second_batch_reuses_every_image_seen_before_and_tags_only_the_new_one
         row = second[again]
         assert row["tags"] == first[original]["tags"] and row["etag"] == first[original]["etag"]
         assert row["reused_from"] == {
-            "manifest": "s3://manifests/incoming/reuse-a.json", "partition": "reuse-a", "run_id": "run-a", "chunk": 0,
+            "manifest": "s3://manifests/incoming/reuse-a.json",
+            "partition": "reuse-a",
+            "run_id": "run-a",
+            "chunk": 0,
         }
         # The row belongs to this batch and run, and to no chunk; only its tags come from the first one.
         assert (row["partition"], row["run_id"], row["position"]) == ("reuse-b", "run-b", second_uris.index(again))
@@ -89,7 +99,9 @@ def test_a_second_batch_reuses_every_image_seen_before_and_tags_only_the_new_one
     assert "reused_from" not in tags.tag_object(second[second_uris[2]])
 
 
-def test_reuse_names_the_run_that_first_produced_the_tags_not_the_last_that_reused_them(run, photographs, upload_images):
+def test_reuse_names_the_run_that_first_produced_the_tags_not_the_last_that_reused_them(
+    run, photographs, upload_images
+):
     body = unique(photographs["flower.jpg"])
     [a], [b], [c] = (upload_images({f"{n}.jpg": body}) for n in "abc")
     run("origin-1", [a], "run-1")
@@ -136,8 +148,12 @@ def test_a_changed_image_under_the_same_key_is_tagged_again(run, s3, photographs
 
 def test_another_model_version_does_not_see_the_index(s3, settings, model_ref, photographs, upload_images):
     uris = upload_images({"a.jpg": unique(photographs["rocket.jpg"])})
-    [spec] = engine.chunk_specs("other-1", "s3://m/other-1.json", uuid.uuid4().hex, [0], uris, model_ref, chunk_images=1)
-    engine.run_chunk(s3, settings.warehouse_bucket, spec, "run-1", lambda: engine.Tagger.load(s3, model_ref, device="cpu"))
+    [spec] = engine.chunk_specs(
+        "other-1", "s3://m/other-1.json", uuid.uuid4().hex, [0], uris, model_ref, chunk_images=1
+    )
+    engine.run_chunk(
+        s3, settings.warehouse_bucket, spec, "run-1", lambda: engine.Tagger.load(s3, model_ref, device="cpu")
+    )
     table = engine.read_chunk(s3, settings.warehouse_bucket, spec)
     assert reuse.record(s3, settings.warehouse_bucket, "other-1", table) == 1
     etag = table.column("etag")[0].as_py()
@@ -156,7 +172,9 @@ def test_current_etags_list_a_folder_of_many_images_and_head_the_rest(s3):
     elsewhere = f"other-{uuid.uuid4().hex[:6]}/one.jpg"
     etags[elsewhere] = s3.put_object(Bucket="images", Key=elsewhere, Body=b"x")["ETag"].strip('"')
     uris = [f"s3://images/{folder}{i:03d}.jpg" for i in range(5, 60)] + [
-        f"s3://images/{folder}missing.jpg", f"s3://images/{elsewhere}", "s3://no-such-bucket/a.jpg",
+        f"s3://images/{folder}missing.jpg",
+        f"s3://images/{elsewhere}",
+        "s3://no-such-bucket/a.jpg",
     ]
     got = reuse.current_etags(s3, uris)
     assert got[:55] == [etags[f"{folder}{i:03d}.jpg"] for i in range(5, 60)]

@@ -17,7 +17,12 @@ def test_defaults_are_the_embedded_deployment():
 
 def test_values_are_typed_and_lists_are_comma_separated():
     settings = Settings.from_env(
-        {"TP_BATCH_SIZE": "8", "TP_MIN_CONFIDENCE": "0.2", "TP_ALLOWED_IMAGE_PREFIXES": " a , b/c/ ,", "TP_CANARY_ENABLED": "false"}
+        {
+            "TP_BATCH_SIZE": "8",
+            "TP_MIN_CONFIDENCE": "0.2",
+            "TP_ALLOWED_IMAGE_PREFIXES": " a , b/c/ ,",
+            "TP_CANARY_ENABLED": "false",
+        }
     )
     assert settings.batch_size == 8 and settings.min_confidence == 0.2
     assert settings.allowed_image_prefixes == ("a", "b/c/")
@@ -50,7 +55,10 @@ def test_the_process_environment_is_read_when_no_mapping_is_given(monkeypatch):
         ({"TP_CANARY_ENABLED": "perhaps"}, "TP_CANARY_ENABLED: Input should be a valid boolean"),
         ({"TP_PUBLISH_FORMAT": "xml"}, "TP_PUBLISH_FORMAT"),
         ({"TP_OUTPUT_PREFIX": "published"}, "TP_OUTPUT_PREFIX must end with '/'"),
-        ({"TP_ERROR_RATE_WARN": "0.5", "TP_ERROR_RATE_ERROR": "0.1"}, "TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR"),
+        (
+            {"TP_ERROR_RATE_WARN": "0.5", "TP_ERROR_RATE_ERROR": "0.1"},
+            "TP_ERROR_RATE_WARN must be <= TP_ERROR_RATE_ERROR",
+        ),
         # The sensor lists a manifest it left alone again only within its listing's 300 s overlap.
         ({"TP_API_LAUNCH_GRACE_S": "300"}, "TP_API_LAUNCH_GRACE_S must be above 0 and below 300 s"),
         ({"TP_API_LAUNCH_GRACE_S": "0"}, "TP_API_LAUNCH_GRACE_S must be above 0 and below 300 s"),
@@ -69,7 +77,9 @@ def test_a_bad_value_in_the_process_environment_names_its_variable(monkeypatch):
 
 
 def test_as_env_round_trips_and_replace_validates():
-    settings = Settings.from_env({"TP_DEPLOYMENT": "k8s", "TP_ALLOWED_IMAGE_PREFIXES": "a,b/c/", "TP_CANARY_ENABLED": "0"})
+    settings = Settings.from_env(
+        {"TP_DEPLOYMENT": "k8s", "TP_ALLOWED_IMAGE_PREFIXES": "a,b/c/", "TP_CANARY_ENABLED": "0"}
+    )
     assert Settings.from_env(settings.as_env()) == settings
     assert settings.replace(batch_size=4).batch_size == 4
     with pytest.raises(SettingsError, match="TP_BATCH_SIZE"):

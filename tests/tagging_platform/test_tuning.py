@@ -38,16 +38,25 @@ def test_the_probe_picks_the_fastest_batch_and_a_second_load_reads_it(s3, settin
     assert second.batch_choice == dataclasses.replace(choice, source="cache")
 
 
-def test_a_pinned_batch_size_wins_over_the_stored_choice(s3, settings, model_ref, monkeypatch, photographs, upload_images):
+def test_a_pinned_batch_size_wins_over_the_stored_choice(
+    s3, settings, model_ref, monkeypatch, photographs, upload_images
+):
     identity = tuning.machine_identity("cpu")
-    tuning.store_choice(s3, model_ref, "float32", identity, tuning.BatchChoice(16, "contiguous", "probe", {"16/contiguous": 1.0}))
+    tuning.store_choice(
+        s3, model_ref, "float32", identity, tuning.BatchChoice(16, "contiguous", "probe", {"16/contiguous": 1.0})
+    )
     monkeypatch.setattr(tuning, "probe_batch", _no_probe)
     tagger = engine.Tagger.load(s3, model_ref, device="cpu", precision="float32", batch_size=3, fetch_workers=2)
     assert (tagger.batch_size, tagger.memory_format, tagger.batch_choice.source) == (3, "channels_last", "pinned")
     uris = upload_images({"cat.jpg": photographs["chelsea.jpg"], "coffee.jpg": photographs["coffee.jpg"]})
     spec = engine.ChunkSpec(
-        partition="tuning-test", manifest="s3://manifests/incoming/tuning-test.json", manifest_etag="e", index=0,
-        positions=(0, 1), images=tuple(uris), model=model_ref,
+        partition="tuning-test",
+        manifest="s3://manifests/incoming/tuning-test.json",
+        manifest_etag="e",
+        index=0,
+        positions=(0, 1),
+        images=tuple(uris),
+        model=model_ref,
     )
     rows, stats = tagger.tag(s3, spec, "run-1")
     # Lineage: every row and published object says which precision produced it; the chunk says how it ran.
@@ -63,7 +72,9 @@ def calibration():
     card, artifact = models.builtin_model()
     network = models.load_network(card, artifact, "cpu")
     inputs = engine.calibration_inputs(card)
-    reference = tuning.top5(engine._prepare_for_inference(copy.deepcopy(network), card, "cpu"), inputs, "float32", "cpu")
+    reference = tuning.top5(
+        engine._prepare_for_inference(copy.deepcopy(network), card, "cpu"), inputs, "float32", "cpu"
+    )
     return card, network, inputs, reference
 
 
@@ -112,8 +123,13 @@ def test_a_lower_precision_is_measured_on_first_load_recorded_in_the_card_and_us
 
     uris = upload_images({"cat.jpg": photographs["chelsea.jpg"]})
     spec = engine.ChunkSpec(
-        partition="tuning-bf16", manifest="s3://manifests/incoming/tuning-bf16.json", manifest_etag="e", index=0,
-        positions=(0,), images=tuple(uris), model=ref,
+        partition="tuning-bf16",
+        manifest="s3://manifests/incoming/tuning-bf16.json",
+        manifest_etag="e",
+        index=0,
+        positions=(0,),
+        images=tuple(uris),
+        model=ref,
     )
     rows, stats = tagger.tag(s3, spec, "run-1")
     assert rows[0]["precision"] == stats.precision == "bfloat16" and rows[0]["top_tag"]
@@ -125,7 +141,9 @@ def test_a_lower_precision_is_measured_on_first_load_recorded_in_the_card_and_us
 
 
 def test_precision_setting_is_checked():
-    with pytest.raises(SettingsError, match="TP_PRECISION: Input should be 'auto', 'float32', 'bfloat16' or 'float16', not 'fp8'"):
+    with pytest.raises(
+        SettingsError, match="TP_PRECISION: Input should be 'auto', 'float32', 'bfloat16' or 'float16', not 'fp8'"
+    ):
         Settings.from_env({"TP_PRECISION": "fp8"})
     with pytest.raises(models.ModelError, match="precision must be 'auto' or one of"):
         engine._gated_precision(None, None, None, None, "cpu", "fp8")

@@ -20,8 +20,11 @@ def _current(rows: list[tuple[str, str, list[str] | None, float | None]]) -> pa.
     return pa.Table.from_pylist(
         [
             {
-                "etag": e, "status": status, "tags": _labels(*names) if names else None,
-                "top_tag": names[0] if names else None, "top_confidence": c,
+                "etag": e,
+                "status": status,
+                "tags": _labels(*names) if names else None,
+                "top_tag": names[0] if names else None,
+                "top_confidence": c,
             }
             for e, status, names, c in rows
         ]
@@ -58,14 +61,25 @@ def test_agreement_classes_gained_and_lost_and_confidence_shift_are_measured_per
 def test_the_history_carries_the_comparison_of_a_retagged_batch_and_none_for_the_others():
     def metrics(at: str, comparison=None) -> dict:
         m = {
-            "images": 2, "coverage": 1.0, "error_rate": 0.0, "mean_confidence": 0.5, "low_confidence_share": 0.0,
-            "top_tags": [{"name": "tabby", "images": 2}], "computed_at": at,
+            "images": 2,
+            "coverage": 1.0,
+            "error_rate": 0.0,
+            "mean_confidence": 0.5,
+            "low_confidence_share": 0.0,
+            "top_tags": [{"name": "tabby", "images": 2}],
+            "computed_at": at,
         }
         return {**m, "version_comparison": comparison} if comparison else m
 
     comparison = {
-        "from_version": "aaaa", "to_version": "bbbb", "images": 2, "top1_agreement": 0.5, "top5_agreement": 0.9,
-        "confidence_shift": -0.02, "gained": [{"name": "tabby", "images": 1}], "lost": [{"name": "lynx", "images": 1}],
+        "from_version": "aaaa",
+        "to_version": "bbbb",
+        "images": 2,
+        "top1_agreement": 0.5,
+        "top5_agreement": 0.9,
+        "confidence_shift": -0.02,
+        "gained": [{"name": "tabby", "images": 1}],
+        "lost": [{"name": "lynx", "images": 1}],
     }
     rows = quality.history({"plain": metrics("2026-01-01"), "retagged": metrics("2026-01-02", comparison)})
     plain, retagged = rows

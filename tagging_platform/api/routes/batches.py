@@ -33,7 +33,12 @@ def _model(record: dict) -> dict:
 )
 def submit_batch(body: BatchRequest, who: Authenticated, request: Request, settings: AppSettings, batches: BatchStore):
     record = batches.submit(
-        who, images=body.images, manifest_uri=body.manifest, model=body.model, output=body.output, reference=body.id,
+        who,
+        images=body.images,
+        manifest_uri=body.manifest,
+        model=body.model,
+        output=body.output,
+        reference=body.id,
         publish_options=body.model_dump(include={"output_format", "max_labels", "min_confidence"}, exclude_none=True),
     )
     status_url = batch_url(request, settings, record["batch_id"])
@@ -41,7 +46,9 @@ def submit_batch(body: BatchRequest, who: Authenticated, request: Request, setti
     return JSONResponse(answer, status_code=202, headers={"Location": status_url})
 
 
-@router.get("", response_model=BatchList, summary="Your batches, newest first", responses=error_responses(401, 405, 422))
+@router.get(
+    "", response_model=BatchList, summary="Your batches, newest first", responses=error_responses(401, 405, 422)
+)
 def list_batches(
     who: Authenticated,
     request: Request,

@@ -11,7 +11,9 @@ _CARD_FIELDS = ("name", "version", "kind", "architecture", "num_classes", "descr
 
 
 @router.get(
-    "/v1/models", response_model=ModelList, summary="The registered models (latest versions)",
+    "/v1/models",
+    response_model=ModelList,
+    summary="The registered models (latest versions)",
     responses=error_responses(401, 405),
 )
 def list_models(who: Authenticated, s3: S3, settings: AppSettings):

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from tagging_platform.manifests import partition_key_for
-
 from tests.tagging_platform.api.conftest import MAX_BODY
 
 
@@ -41,9 +40,7 @@ def test_a_missing_key_is_401(http, path):
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize(
-    "key", ["wrong", "tp_acme_not-the-secret", "tp_nobody_abcdef", "tp_ACME_x", "tp_" + "a" * 300]
-)
+@pytest.mark.parametrize("key", ["wrong", "tp_acme_not-the-secret", "tp_nobody_abcdef", "tp_ACME_x", "tp_" + "a" * 300])
 def test_a_wrong_key_is_401(http, key):
     response = http("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 401
@@ -102,7 +99,9 @@ def test_submit_reads_a_manifest_from_s3_in_any_format(http, images, s3):
     lines = "".join(json.dumps({"source-ref": uri}) + "\n" for uri in images).encode()
     s3.put_object(Bucket="images", Key="acme/manifests/batch.jsonl.gz", Body=gzip.compress(lines))
     response = http(
-        "POST", "/v1/batches", json={"manifest": "s3://images/acme/manifests/batch.jsonl.gz", "output": "s3://tags/acme/x"}
+        "POST",
+        "/v1/batches",
+        json={"manifest": "s3://images/acme/manifests/batch.jsonl.gz", "output": "s3://tags/acme/x"},
     )
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -126,15 +125,35 @@ def test_submit_carries_the_output_format_and_detect_labels_options_into_the_man
     [
         ({"images": ["s3://images/a.jpg"], "output_format": "csv"}, "invalid_manifest", 'field "output_format": csv'),
         ({"images": ["s3://images/a.jpg"], "min_confidence": 101}, "invalid_request", "min_confidence"),
-        ({"images": ["s3://other/a.jpg"]}, "invalid_manifest", "entry 1: s3://other/a.jpg is outside the allowed image"),
-        ({"images": ["s3://images/acme/a.jpg", "s3://images/acme/a.jpg"]}, "invalid_manifest", "entry 2 repeats entry 1"),
+        (
+            {"images": ["s3://other/a.jpg"]},
+            "invalid_manifest",
+            "entry 1: s3://other/a.jpg is outside the allowed image",
+        ),
+        (
+            {"images": ["s3://images/acme/a.jpg", "s3://images/acme/a.jpg"]},
+            "invalid_manifest",
+            "entry 2 repeats entry 1",
+        ),
         ({"images": []}, "invalid_manifest", "lists no images"),
         ({"images": ["s3://images/acme/a.jpg", 7]}, "invalid_manifest", "entry 2: expected an s3:// URI string"),
-        ({"images": ["s3://images/acme/a.jpg"], "model": "nonexistent"}, "unknown_model", "unknown model 'nonexistent'"),
+        (
+            {"images": ["s3://images/acme/a.jpg"], "model": "nonexistent"},
+            "unknown_model",
+            "unknown model 'nonexistent'",
+        ),
         ({"images": ["s3://images/acme/a.jpg"], "model": "Bad Name!"}, "invalid_manifest", 'field "model"'),
-        ({"images": ["s3://images/acme/a.jpg"], "model": "mobilenet_v2@0123456789abcdef"}, "unknown_model", "unknown version"),
+        (
+            {"images": ["s3://images/acme/a.jpg"], "model": "mobilenet_v2@0123456789abcdef"},
+            "unknown_model",
+            "unknown version",
+        ),
         ({}, "invalid_request", "exactly one of"),
-        ({"images": ["s3://images/acme/a.jpg"], "manifest": "s3://images/acme/m.json"}, "invalid_request", "exactly one of"),
+        (
+            {"images": ["s3://images/acme/a.jpg"], "manifest": "s3://images/acme/m.json"},
+            "invalid_request",
+            "exactly one of",
+        ),
         ({"images": ["s3://images/acme/a.jpg"], "colour": "red"}, "invalid_request", "colour"),
         ({"images": "s3://images/acme/a.jpg"}, "invalid_request", "images"),
         ({"manifest": "s3://images/acme/missing.json"}, "manifest_not_found", "does not exist"),

@@ -9,7 +9,6 @@ import pytest
 from tagging_platform.api.app import create_app
 from tagging_platform.api.batches import STATES, batch_state
 from tagging_platform.embedded import free_port
-
 from tests.tagging_platform.api.conftest import ApiServer
 
 
@@ -19,7 +18,6 @@ def submitted(http, customer_images, photographs):
     response = http("POST", "/v1/batches", json={"images": uris})
     assert response.status_code == 202, response.text
     return response.json()
-
 
 
 def test_a_failed_run_is_failed_with_the_steps_reason(http, submitted, run_stub):
@@ -41,9 +39,16 @@ def test_a_succeeded_run_reports_counts_checks_and_where_the_tags_are(http, subm
     location = submitted["result_location"]
     bucket, prefix = location.removeprefix("s3://").split("/", 1)
     marker = {
-        "location": location, "format": "jsonl", "images": 3, "tagged": 2, "errors": 1, "objects": 3, "files": 1,
+        "location": location,
+        "format": "jsonl",
+        "images": 3,
+        "tagged": 2,
+        "errors": 1,
+        "objects": 3,
+        "files": 1,
         "parts": [{"key": prefix + "part-00000.jsonl", "objects": 3, "bytes": 10, "sha256": "0"}],
-        "run_id": run_id, "completed_at": "2026-11-24T00:00:00+00:00",
+        "run_id": run_id,
+        "completed_at": "2026-11-24T00:00:00+00:00",
     }
     s3.put_object(Bucket=bucket, Key=prefix + "_COMPLETE.json", Body=json.dumps(marker).encode())
     body = http("GET", f"/v1/batches/{batch_id}").json()
@@ -69,14 +74,22 @@ def test_progress_while_running_comes_from_chunk_results_and_chunk_progress(
     bucket = api_settings.warehouse_bucket
     folder = f"chunks/partition={batch_id}/model=mobilenet_v2-{model_ref.short_version}/"
     s3.put_object(  # chunk 0 is done: its result's figures replace its last progress
-        Bucket=bucket, Key=f"{folder}chunk-00000-x.parquet", Body=b"",
+        Bucket=bucket,
+        Key=f"{folder}chunk-00000-x.parquet",
+        Body=b"",
         Metadata={"stats": json.dumps({"images": 2, "tagged": 2, "errors": 0})},
     )
-    s3.put_object(Bucket=bucket, Key=f"{folder}progress/chunk-00000.json", Body=b'{"images": 2, "tagged": 1, "errors": 0}')
-    s3.put_object(Bucket=bucket, Key=f"{folder}progress/chunk-00001.json", Body=b'{"images": 1, "tagged": 0, "errors": 1}')
+    s3.put_object(
+        Bucket=bucket, Key=f"{folder}progress/chunk-00000.json", Body=b'{"images": 2, "tagged": 1, "errors": 0}'
+    )
+    s3.put_object(
+        Bucket=bucket, Key=f"{folder}progress/chunk-00001.json", Body=b'{"images": 1, "tagged": 0, "errors": 1}'
+    )
     s3.put_object(  # an earlier model version's chunk of the same batch
-        Bucket=bucket, Key=f"chunks/partition={batch_id}/model=mobilenet_v2-0000000000000000/chunk-00000-y.parquet",
-        Body=b"", Metadata={"stats": json.dumps({"images": 3, "tagged": 3, "errors": 0})},
+        Bucket=bucket,
+        Key=f"chunks/partition={batch_id}/model=mobilenet_v2-0000000000000000/chunk-00000-y.parquet",
+        Body=b"",
+        Metadata={"stats": json.dumps({"images": 3, "tagged": 3, "errors": 0})},
     )
     record = batches.record(api.app.state.customers.authenticate(keys["acme"]), batch_id)
     assert batches._chunk_counts(batch_id, record) == {"images": 3, "tagged": 2, "errors": 1}
@@ -100,7 +113,9 @@ def test_a_finished_run_is_succeeded_only_when_every_image_was_tagged_and_no_err
 ):
     images, tagged, errors = counts
     checks = [{"name": "every_image_accounted_for", "asset": "image_tags", "passed": True, "severity": "ERROR"}]
-    checks += [{"name": name, "asset": "image_tags", "passed": False, "severity": severity} for name, severity in failed_checks]
+    checks += [
+        {"name": name, "asset": "image_tags", "passed": False, "severity": severity} for name, severity in failed_checks
+    ]
     got, error = batch_state({"images": images, "tagged": tagged, "errors": errors}, checks, published=published)
     assert got == state
     assert (error is None) if message is None else (message in error["message"])
@@ -144,13 +159,17 @@ def test_the_api_launches_the_batchs_run_with_the_sensors_run_key(api_settings, 
     bucket, key = accepted["manifest"].removeprefix("s3://").split("/", 1)
     head = s3.head_object(Bucket=bucket, Key=key)
     assert head["Metadata"] == {intake.LAUNCHED_BY: "api"}  # the sensor leaves it to this launch for a while
-    [run] = DagsterClient(settings.dagster_url).runs(job="tag_manifest", tags={"dagster/partition": accepted["batch_id"]})
+    [run] = DagsterClient(settings.dagster_url).runs(
+        job="tag_manifest", tags={"dagster/partition": accepted["batch_id"]}
+    )
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags["dagster/run_key"] == f"{key}@{head['ETag'].strip(chr(34))}"
     assert tags["dagster/sensor_name"] == intake.LISTING_SENSOR
     assert tags["tagging/manifest"] == accepted["manifest"] and tags["tagging/launched_by"] == "api"
     assert tags[intake.CUSTOMER_TAG] == "acme"  # Dagster's per-customer run limit applies to the API's launches too
-    assert intake.read_partition(s3, settings.warehouse_bucket, accepted["batch_id"])["manifest"] == accepted["manifest"]
+    assert (
+        intake.read_partition(s3, settings.warehouse_bucket, accepted["batch_id"])["manifest"] == accepted["manifest"]
+    )
 
 
 def test_a_failed_launch_still_accepts_the_batch_for_the_sensor(api_settings, keys, customer_images, photographs, s3):

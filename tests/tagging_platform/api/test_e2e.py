@@ -13,7 +13,6 @@ from tagging_platform import intake, photos
 from tagging_platform.api.keys import CustomerStore
 from tagging_platform.embedded import free_port
 from tagging_platform.local import LocalPlatform
-
 from tests.conftest import REPO
 from tests.tagging_platform.api.conftest import ApiServer
 
@@ -22,9 +21,14 @@ pytestmark = pytest.mark.e2e
 
 def test_a_batch_submitted_over_http_ends_succeeded_with_published_tags(tmp_path):
     overrides = {
-        "TP_MAX_CHUNK_IMAGES": "2", "TP_MIN_CHUNK_IMAGES": "1", "TP_SENSOR_INTERVAL_S": "2", "TP_API_LAUNCH_GRACE_S": "4",
+        "TP_MAX_CHUNK_IMAGES": "2",
+        "TP_MIN_CHUNK_IMAGES": "1",
+        "TP_SENSOR_INTERVAL_S": "2",
+        "TP_API_LAUNCH_GRACE_S": "4",
     }
-    with LocalPlatform(REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home") as platform:
+    with LocalPlatform(
+        REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home"
+    ) as platform:
         settings = platform.settings.replace(dagster_url=platform.ui_url)
         client = platform.s3()
         key, _ = CustomerStore(client, settings).create("e2e", ["s3://tags/e2e/"])
@@ -70,7 +74,9 @@ def test_a_batch_submitted_over_http_ends_succeeded_with_published_tags(tmp_path
             published = []
             for part in body["result"]["parts"]:
                 bucket, part_key = part.removeprefix("s3://").split("/", 1)
-                published += [json.loads(line) for line in client.get_object(Bucket=bucket, Key=part_key)["Body"].iter_lines()]
+                published += [
+                    json.loads(line) for line in client.get_object(Bucket=bucket, Key=part_key)["Body"].iter_lines()
+                ]
             assert sorted(obj["image"] for obj in published) == sorted(uris)
             assert all(obj["status"] == "ok" and obj["tags"] for obj in published)
             assert {obj["model"]["version"] for obj in published} == {accepted["model"]["version"]}

@@ -47,7 +47,9 @@ def test_tag_requests_past_a_customers_burst_are_refused_with_retry_after(limite
     assert tag("globex").status_code == 200  # another customer's bucket is its own
 
 
-def test_one_unfinished_batch_per_customer_holds_under_a_burst(limited_api, api_settings, s3, customer_images, run_stub):
+def test_one_unfinished_batch_per_customer_holds_under_a_burst(
+    limited_api, api_settings, s3, customer_images, run_stub
+):
     store = CustomerStore(s3, api_settings)
     names = [f"burst-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     key = {name: store.create(name, rotate=True)[0] for name in names}
@@ -57,8 +59,10 @@ def test_one_unfinished_batch_per_customer_holds_under_a_burst(limited_api, api_
         if barrier is not None:
             barrier.wait(timeout=60)
         return requests.post(
-            f"{limited_api.url}/v1/batches", json={"images": images[name]},
-            headers={"Authorization": f"Bearer {key[name]}"}, timeout=300,
+            f"{limited_api.url}/v1/batches",
+            json={"images": images[name]},
+            headers={"Authorization": f"Bearer {key[name]}"},
+            timeout=300,
         )
 
     barrier = threading.Barrier(8)

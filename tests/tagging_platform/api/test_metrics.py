@@ -16,7 +16,10 @@ def scrape(api) -> dict[tuple[str, tuple], float]:
 def test_requests_by_route_and_images_tagged_are_counted(http, api, photographs):
     before = scrape(api)
     ok = ("tagging_api_images_total", (("model", "mobilenet_v2"), ("status", "ok")))
-    status_route = ("tagging_api_requests_total", (("method", "GET"), ("route", "/v1/batches/{batch_id}"), ("status", "404")))
+    status_route = (
+        "tagging_api_requests_total",
+        (("method", "GET"), ("route", "/v1/batches/{batch_id}"), ("status", "404")),
+    )
 
     assert http("POST", "/v1/tag", files={"image": ("coffee.jpg", photographs["coffee.jpg"])}).status_code == 200
     assert http("GET", "/v1/batches/no-such-batch").status_code == 404
@@ -26,5 +29,8 @@ def test_requests_by_route_and_images_tagged_are_counted(http, api, photographs)
     assert after[status_route] == before.get(status_route, 0) + 1  # the route's template, never the batch id
     assert not any("no-such-batch" in str(labels) for _, labels in after)
     assert any(name == "tagging_api_request_seconds_count" for name, _ in after)
-    assert any(name == "tagging_api_images_per_second_count" and dict(labels)["model"] == "mobilenet_v2" for name, labels in after)
+    assert any(
+        name == "tagging_api_images_per_second_count" and dict(labels)["model"] == "mobilenet_v2"
+        for name, labels in after
+    )
     assert any(name == "tagging_api_model_load_seconds_count" for name, _ in after)

@@ -11,7 +11,11 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 EXAMPLES_PER_OPERATION = 25
 # No 5xx, and every answer is one the schema documents: its status, content type and body.
@@ -27,7 +31,10 @@ def test_no_input_makes_a_server_error(api, keys):
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
             database=None,
         )
         def no_server_error(case):

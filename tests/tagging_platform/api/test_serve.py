@@ -13,7 +13,6 @@ import yaml
 
 from tagging_platform.embedded import free_port
 from tagging_platform.settings import Settings
-
 from tests.conftest import REPO
 
 
@@ -21,14 +20,20 @@ def test_the_command_serves_the_api_on_loopback(api_settings, keys, model_ref):
     port = free_port()
     env = {**os.environ, **api_settings.as_env(), "TP_API_PORT": str(port)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tagging_platform.cli", "api"], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "tagging_platform.cli", "api"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                response = requests.get(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": keys["acme"]}, timeout=5)
+                response = requests.get(
+                    f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": keys["acme"]}, timeout=5
+                )
                 break
             except requests.ConnectionError:
                 assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()[-3000:]
