@@ -85,7 +85,11 @@ class Batches:
         """The batch accepted (its record), or 429 when the customer has as many unfinished batches as it may."""
         return self.active.admit(customer.name, lambda: self._submit(customer, **request))
 
-    def _submit(
+    def _submit(self, customer: Customer, **request: Any) -> dict[str, Any]:
+        parsed, document, ref = self._validated(customer, **request)
+        return self._accept(customer, parsed, document, ref)
+
+    def _validated(
         self,
         customer: Customer,
         *,
@@ -95,9 +99,11 @@ class Batches:
         output: str | None = None,
         reference: str | None = None,
         publish_options: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """`publish_options`: the native manifest's output_format, max_labels and min_confidence, as given."""
-        settings = self.settings
+    ) -> tuple[Manifest, dict[str, Any], models.ModelRef]:
+        """The manifest as the customer may run it: parsed, its document as written, its model pinned.
+
+        `publish_options`: the native manifest's output_format, max_labels and min_confidence, as given.
+        """
         if (images is None) == (manifest_uri is None):
             raise ApiError(
                 422,
@@ -137,11 +143,17 @@ class Batches:
                     {"field": "images", "entry": number},
                 )
         document["output"] = parsed.output  # normalised: ends with "/"
-        ref = self._resolve_model(parsed.model or settings.default_model)
+        ref = self._resolve_model(parsed.model or self.settings.default_model)
         if parsed.model:
             # Pinned to the version validated now: a model registered later never changes this batch.
             document["model"] = f"{ref.name}@{ref.version}"
+        return parsed, document, ref
 
+    def _accept(
+        self, customer: Customer, parsed: Manifest, document: dict[str, Any], ref: models.ModelRef
+    ) -> dict[str, Any]:
+        """The batch's record, then its manifest written, then its run launched (where the API launches runs)."""
+        settings = self.settings
         name = f"{_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
         manifest_key = f"{settings.manifest_prefix}{customer.name}/{name}.json"
         batch_id = partition_key_for(manifest_key, settings.manifest_prefix)
@@ -387,9 +399,8 @@ class Batches:
         """Live counts while a run is under way: each finished chunk's stored figures, else its latest progress."""
         bucket = self.settings.warehouse_bucket
         model = record["model"]
-        prefix = (
-            f"{layout.chunks_prefix(batch_id)}model={model['name']}-{model['version'].removeprefix('sha256:')[:16]}/"
-        )
+        short_version = models.ModelRef(model["name"], model["version"], "").short_version
+        prefix = layout.model_prefix(batch_id, model["name"], short_version)
         results: dict[str, str] = {}
         progress: dict[str, str] = {}
         for item in itertools.islice(list_objects(self.s3, bucket, prefix), _MAX_CHUNKS_READ):
