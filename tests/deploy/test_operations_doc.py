@@ -43,6 +43,18 @@ def test_the_sizing_table_is_the_planners_under_the_shipped_settings():
     )
 
 
+def test_the_readmes_cost_line_is_the_planners_for_a_million_images():
+    from tagging_platform.planning import plan_for
+    from tagging_platform.settings import Settings
+
+    plan = plan_for(Settings(), 1_000_000)
+    line = (
+        f"1,000,000 images plan as {plan.pods} pods, {plan.wall_s / 60:.1f} min, {plan.gpu_hours:.2f} GPU-hours, "
+        f"{plan.startup_share:.1%} start-up, ${plan.cost_usd:,.2f}"
+    )
+    assert line in (REPO / "README.md").read_text(), f"README.md's cost line is stale; the planner says: {line}"
+
+
 STEP = re.compile(r"\*\*([BTKO]\d+)\*\*")
 PROTOCOL_PORT = re.compile(r"\b(?:HTTPS|HTTP|gRPC|PostgreSQL):\d+")
 
