@@ -36,7 +36,9 @@ def same_cell(shown: str, printed: str) -> bool:
 def test_readme_queries_print_what_the_readme_shows(tmp_path):
     examples = readme_examples()
     assert len(examples) >= 4 and all(command.startswith(".venv/bin/tagging-platform query") for command, _ in examples)
-    overrides = {"TP_SENSOR_INTERVAL_S": "2"}
+    # The outputs shown are float32's: a CPU with native bfloat16 would otherwise tag in it (after the gate),
+    # and its confidences differ in the second decimal.
+    overrides = {"TP_SENSOR_INTERVAL_S": "2", "TP_PRECISION": "float32"}
     with LocalPlatform(
         REPO / "workspace.yaml", settings_overrides=overrides, dagster_home=tmp_path / "home"
     ) as platform:
