@@ -17,41 +17,22 @@ bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API ke
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _shared(name: str):
+    """A dependency that hands a route the object create_app put on app.state under `name`."""
+
+    def shared(request: Request):
+        return getattr(request.app.state, name)
+
+    return shared
 
 
-def _customers(request: Request) -> CustomerStore:
-    return request.app.state.customers
-
-
-def _batches(request: Request) -> Batches:
-    return request.app.state.batches
-
-
-def _models(request: Request) -> ModelCache:
-    return request.app.state.models
-
-
-def _metrics(request: Request) -> ApiMetrics:
-    return request.app.state.metrics
-
-
-def _tag_rate(request: Request) -> TagRateLimit:
-    return request.app.state.tag_rate
-
-
-def _s3(request: Request):
-    return request.app.state.s3
-
-
-AppSettings = Annotated[Settings, Depends(_settings)]
-Customers = Annotated[CustomerStore, Depends(_customers)]
-BatchStore = Annotated[Batches, Depends(_batches)]
-Models = Annotated[ModelCache, Depends(_models)]
-Metrics = Annotated[ApiMetrics, Depends(_metrics)]
-S3 = Annotated[object, Depends(_s3)]
-TagRate = Annotated[TagRateLimit, Depends(_tag_rate)]
+AppSettings = Annotated[Settings, Depends(_shared("settings"))]
+Customers = Annotated[CustomerStore, Depends(_shared("customers"))]
+BatchStore = Annotated[Batches, Depends(_shared("batches"))]
+Models = Annotated[ModelCache, Depends(_shared("models"))]
+Metrics = Annotated[ApiMetrics, Depends(_shared("metrics"))]
+S3 = Annotated[object, Depends(_shared("s3"))]
+TagRate = Annotated[TagRateLimit, Depends(_shared("tag_rate"))]
 
 
 def customer(
