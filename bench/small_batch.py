@@ -29,6 +29,7 @@ from tagging_platform.local import LocalPlatform
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "completed_with_errors", "failed")
+PATHS = ("sensor", "api")
 
 
 class Api:
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "small_batch.json")
+    parser.add_argument(
+        "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to time (default both)"
+    )
     args = parser.parse_args(argv)
     import dagster as dg
 
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             load = [os.getloadavg()[0]]
             for number in range(args.batches):
                 # Interleaved: the path before (a dropped manifest, the sensor, a process per step), then the API's.
-                for path in ("sensor", "api"):
+                for path in args.paths:
                     group = uris[(2 * number + (path == "api")) * args.images :][: args.images]
                     if path == "api":
                         done = submit_and_wait(api.url, headers, group)
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {**machine(), "load_average_1min": [round(x, 1) for x in load]},
         "batches": rows,
     }
-    for path in ("sensor", "api"):
+    for path in args.paths:
         totals = [r["total_s"] for r in rows if r["path"] == path]
         result[f"{path}_total_s"] = {"median": statistics.median(totals), "min": min(totals), "max": max(totals)}
     write_results(args.out, result)
