@@ -742,7 +742,14 @@ def _prepare_for_inference(network, card: models.ModelCard, device: str, precisi
         # TorchScript is deprecated in favour of torch.export, but it is still what folds batch norm
         # into the convolutions and frees the GIL for the whole forward pass on CPU.
         warnings.simplefilter("ignore", FutureWarning)
-        traced = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.trace(network, example)
+        # No check_trace: re-running the trace to compare graphs doubles a load's cost and guards against
+        # data-dependent control flow, which a classifier's forward pass does not have; the model's canary
+        # photographs check its output instead.
+        traced = (
+            network
+            if isinstance(network, torch.jit.ScriptModule)
+            else torch.jit.trace(network, example, check_trace=False)
+        )
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
 

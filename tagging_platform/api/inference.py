@@ -27,8 +27,8 @@ from tagging_platform.api.memory import PixelBudget
 from tagging_platform.engine import Tagger
 from tagging_platform.settings import Settings
 
-# One model load at a time in the process: a load traces the network (torch.jit.trace), whose check retraces and
-# compares graphs by names that another thread's trace changes meanwhile, failing the load.
+# One model load at a time in the process: a load traces the network (torch.jit.trace), and traces share
+# process-wide state (graph names, the tracing state) that two threads tracing at once would mix.
 _LOADS = threading.Lock()
 
 
