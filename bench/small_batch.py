@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         totals = [r["total_s"] for r in rows if r["path"] == path]
         result[f"{path}_total_s"] = {"median": statistics.median(totals), "min": min(totals), "max": max(totals)}
     write_results(args.out, result)
-    log(f"{args.out}: sensor path {result['sensor_total_s']}, API {result['api_total_s']}")
+    log(f"{args.out}: " + ", ".join(f"{path} path {result[f'{path}_total_s']}" for path in args.paths))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The tagger resource: the engine's settings for a step, and the model loaded once per step process."""
 
+import threading
+
 import dagster as dg
 
 from tagging_platform.engine import Tagger
@@ -20,6 +22,12 @@ class TaggerResource(dg.ConfigurableResource):
     top_k: int
     min_confidence: float
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Where a run's steps share one process (a small batch), the resource is set up as the run starts: torch
+        # and torchvision import while the manifest and planning steps run, not after them in `tag_chunk`. In a
+        # step process of its own, `tag_chunk`'s load simply waits for the import under way.
+        threading.Thread(target=_import_torch, name="import-torch", daemon=True).start()
+
     def load(self, s3_client, ref: ModelRef) -> Tagger:
         options = {
             "precision": self.precision,
@@ -33,3 +41,8 @@ class TaggerResource(dg.ConfigurableResource):
             _loaded.clear()
             _loaded[key] = Tagger.load(s3_client, ref, device=self.device, **options)
         return _loaded[key]
+
+
+def _import_torch() -> None:
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
