@@ -50,8 +50,6 @@ INDEX_SCHEMA = pa.schema(
 )
 # A folder holding at least this many of a chunk's images is listed instead of HEADing each image.
 _LIST_AT_LEAST = 50
-# Keys a listing covers before the next range of the same folder is listed beside it: a few pages each.
-_RANGE_KEYS = 4000
 # Row groups small enough that a lookup's matches are read without the rest of a large batch's tags.
 _ROW_GROUP = 4096
 
@@ -223,44 +221,31 @@ def current_etags(s3_client, uris: list[str], workers: int = 16) -> list[str | N
     """Each image's ETag now (None where it cannot be read), with as few requests as the layout allows.
 
     Images usually sit side by side under a few folders: a folder with many of them is listed (1,000 keys a
-    request, from just before its first image to its last) rather than asked about one image at a time; a long
-    run of keys is cut into ranges listed side by side, since each listing's pages come one after the other.
-    What a bounded listing does not find (a sparse folder, a missing object) gets one HEAD each, in parallel.
+    request, from just before its first image to its last) rather than asked about one image at a time. What
+    a bounded listing does not find (a sparse folder, a missing object) gets one HEAD each, in parallel.
     """
     found: dict[str, str] = {}
     folders: dict[tuple[str, str], list[str]] = {}
     for uri in uris:
         bucket, key = split_uri(uri)
         folders.setdefault((bucket, key.rpartition("/")[0] + "/" if "/" in key else ""), []).append(key)
-    ranges = [
-        (bucket, folder, keys, after)
-        for (bucket, folder), keys in folders.items()
-        if len(keys) >= _LIST_AT_LEAST
-        for keys, after in _key_ranges(keys)
-    ]
-    with ThreadPoolExecutor(workers, thread_name_prefix="etags") as pool:
-        for listed in pool.map(lambda r: _listed_etags(s3_client, *r), ranges):
-            found.update(listed)
-        rest = [uri for uri in uris if uri not in found]
+    for (bucket, folder), keys in folders.items():
+        if len(keys) >= _LIST_AT_LEAST:
+            found.update(_listed_etags(s3_client, bucket, folder, keys))
+    rest = [uri for uri in uris if uri not in found]
+    with ThreadPoolExecutor(workers, thread_name_prefix="head") as pool:
         found.update(zip(rest, pool.map(lambda uri: _head_etag(s3_client, uri), rest)))
     return [found.get(uri) for uri in uris]
 
 
-def _key_ranges(keys: list[str]) -> list[tuple[list[str], str]]:
-    """A folder's wanted keys, sorted, in runs of _RANGE_KEYS, each with the key its listing starts after."""
-    ordered = sorted(set(keys))
-    runs = [ordered[i : i + _RANGE_KEYS] for i in range(0, len(ordered), _RANGE_KEYS)]
-    # first[:-1] sorts just before the first key (it is its prefix); a later run starts after the one before.
-    return [(run, runs[n - 1][-1] if n else run[0][:-1]) for n, run in enumerate(runs)]
-
-
-def _listed_etags(s3_client, bucket: str, folder: str, keys: list[str], after: str) -> dict[str, str]:
-    wanted, last = set(keys), keys[-1]
+def _listed_etags(s3_client, bucket: str, folder: str, keys: list[str]) -> dict[str, str]:
+    wanted, first, last = set(keys), min(keys), max(keys)
     etags: dict[str, str] = {}
     # A folder where these keys are a small minority would take many pages: stop and let HEADs do the rest.
     pages = 2 * math.ceil(len(keys) / 1000) + 1
     paginator = s3_client.get_paginator("list_objects_v2")
-    start = {"StartAfter": after} if after else {}
+    # first[:-1] sorts just before `first` (it is its prefix): the listing starts at the chunk's first image.
+    start = {"StartAfter": first[:-1]} if first[:-1] else {}
     for page in paginator.paginate(Bucket=bucket, Prefix=folder, PaginationConfig={"MaxItems": pages * 1000}, **start):
         for item in page.get("Contents", []):
             if item["Key"] in wanted:
