@@ -24,9 +24,10 @@ class TaggerResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # Where a run's steps share one process (a small batch), the resource is set up as the run starts: torch
-        # and torchvision import while the manifest and planning steps run, not after them in `tag_chunk`. In a
-        # step process of its own, `tag_chunk`'s load simply waits for the import under way.
-        threading.Thread(target=_import_torch, name="import-torch", daemon=True).start()
+        # and torchvision import while the manifest and planning steps run, not after them in `tag_chunk`. A
+        # step process of its own sets it up just before `tag_chunk`, with nothing to overlap.
+        if _in_process(context.dagster_run):
+            threading.Thread(target=_import_torch, name="import-torch", daemon=True).start()
 
     def load(self, s3_client, ref: ModelRef) -> Tagger:
         options = {
@@ -46,3 +47,8 @@ class TaggerResource(dg.ConfigurableResource):
 def _import_torch() -> None:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
+
+
+def _in_process(run: dg.DagsterRun | None) -> bool:
+    execution = (run.run_config if run else {}).get("execution") or {}
+    return bool((execution.get("config") or {}).get("in_process"))

@@ -1,0 +1,20 @@
+"""The tagger resource starts torch's import early only where a run's steps share its process."""
+
+import dagster as dg
+import pytest
+
+from resources import tagger
+
+
+@pytest.mark.parametrize(
+    ("run_config", "in_process"),
+    [
+        ({"execution": {"config": {"in_process": True}}}, True),
+        ({"execution": {"config": {"in_process": False}}}, False),
+        ({"execution": {"config": {}}}, False),
+        ({}, False),
+    ],
+)
+def test_the_import_starts_early_only_in_a_one_process_run(run_config, in_process):
+    assert tagger._in_process(dg.DagsterRun(job_name="tag_manifest", run_config=run_config)) is in_process
+    assert tagger._in_process(None) is False
