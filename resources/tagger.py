@@ -50,5 +50,6 @@ def _import_torch() -> None:
 
 
 def _in_process(run: dg.DagsterRun | None) -> bool:
-    execution = (run.run_config if run else {}).get("execution") or {}
-    return bool((execution.get("config") or {}).get("in_process"))
+    """Whether the run's config asks the local executor for one process (tagging_platform/api/launch.py)."""
+    execution = run.run_config.get("execution") if run else None
+    return bool(((execution or {}).get("config") or {}).get("in_process"))

@@ -4,12 +4,14 @@ import dagster as dg
 import pytest
 
 from resources import tagger
+from tagging_platform.api.launch import IN_PROCESS
 
 
 @pytest.mark.parametrize(
     ("run_config", "in_process"),
     [
-        ({"execution": {"config": {"in_process": True}}}, True),
+        # The config the API launches a small batch with: the shape the resource reads is the launcher's own.
+        (IN_PROCESS, True),
         ({"execution": {"config": {"in_process": False}}}, False),
         ({"execution": {"config": {}}}, False),
         ({}, False),
