@@ -270,10 +270,6 @@ class Tagger:
         opened.draft("RGB", (resize, resize))
         return opened
 
-    def decode_opened(self, opened):
-        """An opened image (open_image) to the model's input tensor."""
-        return self.normalise(self.opened_pixels(opened))
-
     def opened_pixels(self, opened):
         """An opened image (open_image) to uint8 model pixels, holding one full-size copy at most.
 

@@ -3,8 +3,9 @@
 Some models sit idle for weeks while others get bursts: a process keeps at most `api_model_cache`
 loaded models (least recently used goes first) and drops one unused for `api_model_idle_s`, so an
 idle model does not hold memory forever. A model is loaded once however many requests ask for it
-at the same moment. Each request decodes its own images; the forward pass is shared with the requests of
-the same model that arrive with it (api/batching.py), one pass at a time per process (replicas scale out).
+at the same moment. Each request decodes its own images to uint8 pixels; the forward pass, which normalises
+the whole batch at once as the engine does, is shared with the requests of the same model that arrive with it
+(api/batching.py), one pass at a time per process (replicas scale out).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class ModelCache:
             width, height = opened.size
             with self.budget.reserve(width * height):
                 try:
-                    return tagger.decode_opened(opened)
+                    return tagger.opened_pixels(opened)
                 except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file fails while decoding
                     raise refused(422, "invalid_image", str(exc)) from None
 
