@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -157,6 +158,23 @@ class ProcessWatch:
         return max(inside) if inside else 0.0
 
 
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds every core spent busy since boot (/proc/stat: all but idle and iowait)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -206,13 +224,17 @@ def engine_memory_round(tagger, payloads: list[bytes], workers: int = 4) -> dict
     what the API does with an upload, without HTTP."""
     import torch
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(payloads), tagger.batch_size):
             pixels = list(pool.map(tagger.pixels, payloads[start : start + tagger.batch_size]))
             tagger.predict(tagger.normalise(torch.stack(pixels)))
-    elapsed = time.perf_counter() - started
-    return {"images": len(payloads), "images_per_s": round(len(payloads) / elapsed, 2)}
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {
+        "images": len(payloads),
+        "images_per_s": round(len(payloads) / elapsed, 2),
+        "images_per_cpu_s": round(len(payloads) / cpu, 2),
+    }
 
 
 # --- batches ---------------------------------------------------------------------------------------------------
@@ -492,22 +514,25 @@ def _tag(stack: Stack, client, key: str, args, phases: list, watch: ProcessWatch
     levels = []
 
     def engines() -> dict:
+        memory = engine_memory_round(tagger, payloads * args.engine_repeats)
         return {
             "s3": engine_round(client, stack.settings, tagger, uris * args.engine_repeats)["images_per_s"],
-            "memory": engine_memory_round(tagger, payloads * args.engine_repeats)["images_per_s"],
+            "memory": memory["images_per_s"],
+            "memory_per_cpu_s": memory["images_per_cpu_s"],
         }
 
     # TorchScript optimises its graph over the first calls of each batch shape: a round of each, untimed, first.
     engines()
     for users in args.users:
         before = engines()
-        t0 = time.time()
+        t0, cpu0 = time.time(), (process_cpu_s(stack.process.pid), children_cpu_s(), machine_cpu_s())
         figures = locust_round(stack.url, key, users, args.tag_s)
-        t1 = time.time()
+        t1, cpu1 = time.time(), (process_cpu_s(stack.process.pid), children_cpu_s(), machine_cpu_s())
         after = engines()
         samples = figures.pop("samples")
         phases.append({"phase": f"tag x{users}", "start": t0, "end": t1, "samples": samples})
         level = {**figures, "api_peak_rss_mb": watch.peak_between(t0, t1)}
+        level.update(_cpu_split(figures, t1 - t0, [b - a for a, b in zip(cpu0, cpu1, strict=True)], before, after))
         # Two baselines: the engine as a batch runs it (fetching from the embedded S3 server), and its decode and
         # inference alone on the same bytes; each measured just before and just after the API's round.
         for kind, label in (("s3", "engine"), ("memory", "engine_memory")):
@@ -521,10 +546,31 @@ def _tag(stack: Stack, client, key: str, args, phases: list, watch: ProcessWatch
         log(
             f"/v1/tag x{users}: {level['images_per_s']} images/s (engine {level['engine_images_per_s']}, from memory "
             f"{level['engine_memory_images_per_s']}), p50 {level['p50_ms']} ms, "
-            f"p99 {level['p99_ms']} ms, {level['errors']} errors"
+            f"p99 {level['p99_ms']} ms, {level['errors']} errors; cores {level['cpu_cores']}, "
+            f"per CPU-second {level['api_over_engine_memory_per_cpu_s']} of the engine's"
         )
         levels.append(level)
     return levels
+
+
+def _cpu_split(figures: dict, wall_s: float, cpu_s: list[float], before: dict, after: dict) -> dict:
+    """Where the two cores went during a level: the API process, the load generator (locust, a child of this
+    process, started and ended within the level) and everything else; and the API's images per CPU-second of its
+    own against the engine's decode and inference on the same bytes, which does not depend on who else ran."""
+    api, client, machine = cpu_s
+    images = figures["images_per_s"] * figures["duration_s"]
+    engine_per_cpu_s = statistics.mean([before["memory_per_cpu_s"], after["memory_per_cpu_s"]])
+    api_per_cpu_s = images / api if api else 0.0
+    return {
+        "cpu_cores": {
+            "api": round(api / wall_s, 2),
+            "load_generator": round(client / wall_s, 2),
+            "rest": round(max(0.0, machine - api - client) / wall_s, 2),
+        },
+        "api_images_per_cpu_s": round(api_per_cpu_s, 2),
+        "engine_memory_images_per_cpu_s": [before["memory_per_cpu_s"], after["memory_per_cpu_s"]],
+        "api_over_engine_memory_per_cpu_s": round(api_per_cpu_s / engine_per_cpu_s, 3),
+    }
 
 
 def _batches(stack: Stack, client, plan: list, args, phases: list, watch: ProcessWatch) -> dict:
