@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     # Loaded models an API process keeps (least recently used goes first), and how long an unused one stays.
     api_model_cache: int = 2
     api_model_idle_s: int = 900
+    # How long an API process keeps what a model name (no @version) resolved to before reading the name's
+    # latest pointer again: a model published as latest reaches POST /v1/tag within this. A name@version is
+    # a content hash and is read once. 0: read the pointer on every request.
+    api_model_alias_ttl_s: float = 5.0
     # Load the default model when the API starts, so the first POST /v1/tag is fast; false: on first use.
     api_preload_default_model: bool = True
     # POST /v1/tag requests of one model that arrive within this window share one forward pass, of at most
@@ -279,7 +283,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TP_API_MAX_TAG_PIXELS must not exceed TP_API_DECODE_BUDGET_PIXELS: that image could never decode"
             )
-        for name in ("api_tag_batch_window_ms", "api_tag_rate_per_s", "api_max_active_batches"):
+        for name in (
+            "api_tag_batch_window_ms",
+            "api_tag_rate_per_s",
+            "api_max_active_batches",
+            "api_model_alias_ttl_s",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"TP_{name.upper()} must not be negative (0: none), not {getattr(self, name)!r}")
         for name in ("api_tag_max_batch", "api_tag_burst", "runs_per_customer"):

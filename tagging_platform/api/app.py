@@ -13,7 +13,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Mount, Route
 from swagger_ui_bundle import swagger_ui_path
 
-from tagging_platform import models
 from tagging_platform.api import handlers
 from tagging_platform.api.batches import Batches
 from tagging_platform.api.inference import ModelCache
@@ -54,7 +53,7 @@ async def lifespan(app: FastAPI):
         # The first POST /v1/tag should not pay for loading the default model; a failure here only
         # means the first request loads it (or reports why it cannot).
         try:
-            cache.get(models.resolve_model(app.state.s3, settings.model_bucket, settings.default_model))
+            cache.get(cache.resolve(settings.default_model))
         except Exception as exc:  # noqa: BLE001
             log.info("default model not preloaded: %s", exc)
 

@@ -3,7 +3,8 @@
 Some models sit idle for weeks while others get bursts: a process keeps at most `api_model_cache`
 loaded models (least recently used goes first) and drops one unused for `api_model_idle_s`, so an
 idle model does not hold memory forever. A model is loaded once however many requests ask for it
-at the same moment. Each request decodes its own images to uint8 pixels; the forward pass, which normalises
+at the same moment. What a request's model spec names is remembered too: a name@version for good (a version is a
+content hash), a bare name's latest pointer for `api_model_alias_ttl_s`, so a request reads nothing from S3. Each request decodes its own images to uint8 pixels; the forward pass, which normalises
 the whole batch at once as the engine does, is shared with the requests of the same model that arrive with it
 (api/batching.py), one pass at a time per process (replicas scale out).
 """
@@ -51,8 +52,22 @@ class ModelCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._resolved: dict[str, tuple[models.ModelRef, float]] = {}
         self.batcher = TagBatcher(settings.api_tag_batch_window_ms / 1000, settings.api_tag_max_batch)
         self.budget = PixelBudget(settings.api_decode_budget_pixels, settings.api_decode_wait_s)
+
+    def resolve(self, spec: str) -> models.ModelRef:
+        """The version "name" or "name@version" names (models.resolve_model), remembered; a ModelError is not."""
+        now = time.monotonic()
+        with self._lock:
+            known = self._resolved.get(spec)
+        if known is not None and now < known[1]:
+            return known[0]
+        ref = models.resolve_model(self.s3, self.settings.model_bucket, spec)
+        expires = now + self.settings.api_model_alias_ttl_s if "@" not in spec else float("inf")
+        with self._lock:
+            self._resolved[spec] = (ref, expires)
+        return ref
 
     def loaded(self) -> list[str]:
         with self._lock:

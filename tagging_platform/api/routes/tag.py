@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from tagging_platform import models
-from tagging_platform.api.deps import S3, AppSettings, Authenticated, Metrics, Models, TagRate
+from tagging_platform.api.deps import AppSettings, Authenticated, Metrics, Models, TagRate
 from tagging_platform.api.errors import ApiError
 from tagging_platform.api.schemas import TagResponse, error_responses
 
@@ -26,7 +26,8 @@ _MODEL_SPEC = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}(@[A-Za-z0-9:._-]{1,100})?\Z
         "before anything is decoded: larger is 413 `image_too_large`, submit it in a batch). Images are "
         "decoded within a pixel budget shared by every request of the server; when it stays taken too long "
         "the answer is 503 `busy` with `Retry-After`. Requests for the same model that arrive together share one "
-        "forward pass (`TP_API_TAG_BATCH_WINDOW_MS`, `TP_API_TAG_MAX_BATCH`). Each customer may send "
+        "forward pass (`TP_API_TAG_BATCH_WINDOW_MS`, `TP_API_TAG_MAX_BATCH`). A model given by name alone is "
+        "the name's latest version as read within `TP_API_MODEL_ALIAS_TTL_S` (5 s by default). Each customer may send "
         "`TP_API_TAG_RATE_PER_S` requests a second in bursts of `TP_API_TAG_BURST`: beyond, 429 `rate_limited` "
         "with `Retry-After`."
     ),
@@ -36,7 +37,6 @@ async def tag_images(
     who: Authenticated,
     image: Annotated[list[UploadFile], File(description="image files (JPEG, PNG, ...)")],
     settings: AppSettings,
-    s3: S3,
     cache: Models,
     metrics: Metrics,
     rate: TagRate,
@@ -54,7 +54,7 @@ async def tag_images(
 
     def work():
         try:
-            ref = models.resolve_model(s3, settings.model_bucket, spec)
+            ref = cache.resolve(spec)
         except models.ModelError as exc:
             raise ApiError(422, "unknown_model", str(exc), {"field": "model"}) from None
         started = time.perf_counter()

@@ -52,3 +52,44 @@ def test_tags_and_refuses_undecodable_images(s3, settings, model_ref, photograph
     with pytest.raises(ApiError) as raised:
         cache.tag(model_ref, [("coffee.jpg", photographs["coffee.jpg"]), ("x.bin", b"\x00\x01")])
     assert raised.value.status == 422 and raised.value.details["index"] == 1
+
+
+@pytest.fixture
+def s3_reads(s3):
+    """The GetObject calls the client makes while the test runs."""
+    reads: list[str] = []
+
+    def count(params, **_):
+        reads.append(params["Key"])
+
+    s3.meta.events.register("before-parameter-build.s3.GetObject", count)
+    yield reads
+    s3.meta.events.unregister("before-parameter-build.s3.GetObject", count)
+
+
+def test_a_model_spec_is_read_once_a_name_again_after_its_ttl(s3, settings, s3_reads):
+    card, artifact = models.builtin_model()
+    with pytest.raises(models.ModelError):
+        ModelCache(s3, settings).resolve("alias_probe")  # not registered yet: an error, and not remembered
+    first = models.publish_model(s3, settings.model_bucket, dataclasses.replace(card, name="alias_probe"), artifact)
+    cache = ModelCache(s3, settings.replace(api_model_alias_ttl_s=3600))
+    assert cache.resolve("alias_probe") == first
+    pinned = f"alias_probe@{first.version}"
+    assert cache.resolve(pinned) == first
+    reads = len(s3_reads)
+    second = models.publish_model(
+        s3,
+        settings.model_bucket,
+        dataclasses.replace(card, name="alias_probe", labels=(*card.labels[:-1], "retrained")),
+        artifact,
+    )
+    assert second.version != first.version
+    # Within the TTL neither spec reads S3: a request's model costs no round trip.
+    assert [cache.resolve("alias_probe") for _ in range(5)] == [first] * 5
+    assert cache.resolve(pinned) == first
+    assert len(s3_reads) == reads
+    # With no TTL the name's latest pointer is read again, and the new version is what the name means.
+    fresh = ModelCache(s3, settings.replace(api_model_alias_ttl_s=0))
+    assert fresh.resolve("alias_probe") == second
+    assert fresh.resolve("alias_probe") == second
+    assert s3_reads[reads:].count("alias_probe/latest.json") == 2
