@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+import sqlalchemy
 from dagster_aws.s3 import S3Resource
 
 from assets.partitions import OWNERS, manifests_partitions
@@ -57,6 +58,7 @@ def plan_chunks(
     planned = engine.plan_batch(
         client, settings.warehouse_bucket, context.partition_key, manifest.attrs["etag"], model, reused_rows
     )
+    set_gpu_budget(context.instance, settings.max_gpus)
     held = gpus_held(context.instance)
     chunking = plan_for(settings, len(images), gpus_held=held) if images else None
     context.log.info(
@@ -84,6 +86,29 @@ def plan_chunks(
             **({"plan": dg.MetadataValue.json(chunking.as_dict())} if chunking else {}),
         },
     )
+
+
+def set_gpu_budget(instance: dg.DagsterInstance, max_gpus: int) -> None:
+    """The "gpu" pool's limit, TP_MAX_GPUS, set explicitly before any tag_chunk step of the run claims a slot.
+
+    Left to the instance's pools.default_limit, the first step to claim writes the limit itself, and on
+    PostgreSQL that write fails the step's run when another run's step writes it at the same moment, or when
+    the default has changed since (dagster-io/dagster#33552: an INSERT that hits the existing row aborts the
+    transaction its fallback UPDATE needs). A limit set explicitly is never written by a step.
+    """
+    storage = instance.event_log_storage
+    current = {limit.name: limit for limit in storage.get_pool_limits()}.get(GPU_POOL)
+    if current is not None and current.limit == max_gpus and not current.from_default:
+        return
+    for attempt in range(3):
+        try:
+            # Takes the row's lock when the row exists; two runs creating it at once: one insert loses, retried.
+            storage.set_concurrency_slots(GPU_POOL, max_gpus)
+            return
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def gpus_held(instance: dg.DagsterInstance) -> int:

@@ -41,6 +41,16 @@ def _tag_chunk_intervals(instance: dg.DagsterInstance, run_id: str) -> list[tupl
 def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_gpu_cap(
     postgres_url, tmp_path, s3, settings, photographs, upload_images, definitions
 ):
+    # The budget was 1 when the pool was first used; it has been raised since. Left to the instance's default,
+    # Dagster rewrites the limit from the first step that claims a slot, and on PostgreSQL that write fails the
+    # run (dagster-io/dagster#33552); the planning step sets it explicitly first (assets/tagging.py).
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "dagster.yaml").write_text(
+        instance_yaml(Settings.from_env({**settings.as_env(), "TP_MAX_GPUS": "1"}), postgres_url)
+    )
+    with dg.DagsterInstance.from_config(str(earlier)) as instance:
+        assert instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
     home = tmp_path / "home"
     home.mkdir()
     config = instance_yaml(Settings.from_env({**settings.as_env(), "TP_MAX_GPUS": str(MAX_GPUS)}), postgres_url)
@@ -92,5 +102,7 @@ def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_
         assert len(intervals) == 6
         # Each run's executor would start two steps at once (four together): the pool holds them to the cap.
         assert _most_at_once(intervals) <= MAX_GPUS
-        # And the cap was reached: the two runs' steps did share the GPUs.
+        # And the cap was reached: the two runs' steps did share the GPUs, as many as the budget is now.
         assert _most_at_once(intervals) == MAX_GPUS
+        [limit] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == "gpu"]
+        assert (limit.limit, limit.from_default) == (MAX_GPUS, False)
