@@ -175,6 +175,11 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_now(api_pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far of the API process, of this process's finished children, and of the whole machine."""
+    return process_cpu_s(api_pid), children_cpu_s(), machine_cpu_s()
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -525,9 +530,9 @@ def _tag(stack: Stack, client, key: str, args, phases: list, watch: ProcessWatch
     engines()
     for users in args.users:
         before = engines()
-        t0, cpu0 = time.time(), (process_cpu_s(stack.process.pid), children_cpu_s(), machine_cpu_s())
+        t0, cpu0 = time.time(), cpu_now(stack.process.pid)
         figures = locust_round(stack.url, key, users, args.tag_s)
-        t1, cpu1 = time.time(), (process_cpu_s(stack.process.pid), children_cpu_s(), machine_cpu_s())
+        t1, cpu1 = time.time(), cpu_now(stack.process.pid)
         after = engines()
         samples = figures.pop("samples")
         phases.append({"phase": f"tag x{users}", "start": t0, "end": t1, "samples": samples})

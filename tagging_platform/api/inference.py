@@ -3,10 +3,11 @@
 Some models sit idle for weeks while others get bursts: a process keeps at most `api_model_cache`
 loaded models (least recently used goes first) and drops one unused for `api_model_idle_s`, so an
 idle model does not hold memory forever. A model is loaded once however many requests ask for it
-at the same moment. What a request's model spec names is remembered too: a name@version for good (a version is a
-content hash), a bare name's latest pointer for `api_model_alias_ttl_s`, so a request reads nothing from S3. Each request decodes its own images to uint8 pixels; the forward pass, which normalises
-the whole batch at once as the engine does, is shared with the requests of the same model that arrive with it
-(api/batching.py), one pass at a time per process (replicas scale out).
+at the same moment. What a request's model spec names is remembered too: a name@version for good (a
+version is a content hash), a bare name's latest pointer for `api_model_alias_ttl_s`, so a request reads
+nothing from S3. Each request decodes its own images to uint8 pixels; the forward pass, which normalises
+the whole batch at once as the engine does, is shared with the requests of the same model that arrive with
+it (api/batching.py), one pass at a time per process (replicas scale out).
 """
 
 from __future__ import annotations

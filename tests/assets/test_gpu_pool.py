@@ -9,6 +9,7 @@ import uuid
 import dagster as dg
 import yaml
 
+from assets.tagging import GPU_POOL
 from tagging_platform.local import instance_yaml
 from tagging_platform.settings import Settings
 from tests.conftest import REPO, record_manifest
@@ -50,7 +51,7 @@ def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_
         instance_yaml(Settings.from_env({**settings.as_env(), "TP_MAX_GPUS": "1"}), postgres_url)
     )
     with dg.DagsterInstance.from_config(str(earlier)) as instance:
-        assert instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
+        assert instance.event_log_storage.initialize_concurrency_limit_to_default(GPU_POOL)
     home = tmp_path / "home"
     home.mkdir()
     config = instance_yaml(Settings.from_env({**settings.as_env(), "TP_MAX_GPUS": str(MAX_GPUS)}), postgres_url)
@@ -104,5 +105,5 @@ def test_two_manifests_at_once_never_run_more_tag_chunk_steps_together_than_the_
         assert _most_at_once(intervals) <= MAX_GPUS
         # And the cap was reached: the two runs' steps did share the GPUs, as many as the budget is now.
         assert _most_at_once(intervals) == MAX_GPUS
-        [limit] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == "gpu"]
+        [limit] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == GPU_POOL]
         assert (limit.limit, limit.from_default) == (MAX_GPUS, False)
