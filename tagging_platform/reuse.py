@@ -97,13 +97,17 @@ def record(s3_client, bucket: str, partition: str, table: pa.Table) -> int:
     return indexed
 
 
-def lookup(s3_client, bucket: str, model: ModelRef, etags: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """{etag: index row} for the ETags this model version has tagged before, earliest origin first."""
+def lookup(
+    s3_client, bucket: str, model: ModelRef, etags: Iterable[str], index_keys: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """{etag: index row} for the ETags this model version has tagged before, earliest origin first.
+
+    `index_keys`: the version's index objects, when the caller has listed them already."""
     wanted = pa.array(sorted(set(etags)), pa.string())
     if not len(wanted):
         return {}
     found: dict[str, dict[str, Any]] = {}
-    for key in _index_keys(s3_client, bucket, model):
+    for key in index_keys if index_keys is not None else _index_keys(s3_client, bucket, model):
         body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         index = pq.ParquetFile(io.BytesIO(body))
         matched = pc.is_in(index.read(columns=["etag"]).column("etag"), value_set=wanted)
@@ -168,9 +172,14 @@ def plan_reuse(
 
     The images' current ETags come from listings of their folders (a HEAD each only for what a listing
     misses), then one index lookup for the whole manifest. `batch` holds the row's lineage: manifest and
-    partition. An image whose ETag cannot be read is left to the tagger, which reports why.
+    partition. An image whose ETag cannot be read is left to the tagger, which reports why. A version that
+    has indexed nothing yet (its first batch) can reuse nothing: its images' ETags are not read at all.
     """
-    return split_by_index(s3_client, bucket, model, batch, run_id, positions, images, current_etags(s3_client, images))
+    index_keys = _index_keys(s3_client, bucket, model)
+    if not index_keys:
+        return Reused(tags.empty_tag_table(), list(positions), list(images))
+    etags = current_etags(s3_client, images)
+    return split_by_index(s3_client, bucket, model, batch, run_id, positions, images, etags, index_keys)
 
 
 def split_by_index(
@@ -182,9 +191,10 @@ def split_by_index(
     positions: list[int],
     images: list[str],
     etags: list[str | None],
+    index_keys: list[str] | None = None,
 ) -> Reused:
     """plan_reuse once the images' ETags are known: one index lookup, then the reused rows and the rest."""
-    found = lookup(s3_client, bucket, model, (e for e in etags if e))
+    found = lookup(s3_client, bucket, model, (e for e in etags if e), index_keys)
     rows, rest_positions, rest_images = [], [], []
     for position, image, etag in zip(positions, images, etags, strict=True):
         hit = found.get(etag) if etag else None

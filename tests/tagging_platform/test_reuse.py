@@ -8,6 +8,7 @@ import pytest
 
 from tagging_platform import engine, reuse, tags
 from tagging_platform.models import ModelRef
+from tagging_platform.s3 import make_client
 
 
 def unique(jpeg: bytes) -> bytes:
@@ -160,6 +161,20 @@ def test_another_model_version_does_not_see_the_index(s3, settings, model_ref, p
     assert set(reuse.lookup(s3, settings.warehouse_bucket, model_ref, [etag])) == {etag}
     other = ModelRef(model_ref.name, "sha256:" + "0" * 64, model_ref.bucket)
     assert reuse.lookup(s3, settings.warehouse_bucket, other, [etag]) == {}
+
+
+def test_a_version_that_has_indexed_nothing_plans_without_reading_any_image(settings, model_ref, upload_images):
+    """Its first batch can reuse nothing: listing a large manifest's folders for ETags would be pure waste."""
+    uris = upload_images({f"{i}.jpg": uuid.uuid4().bytes for i in range(60)})
+    client = make_client(settings)
+    calls = []
+    client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    fresh = ModelRef(model_ref.name, f"sha256:{uuid.uuid4().hex}{uuid.uuid4().hex}", model_ref.bucket)
+    batch = {"manifest": "s3://manifests/incoming/first.json", "partition": "first"}
+    found = reuse.plan_reuse(client, settings.warehouse_bucket, fresh, batch, "run-1", list(range(60)), uris)
+    assert (found.rows.num_rows, found.positions, found.images) == (0, list(range(60)), uris)
+    # One listing of the version's (empty) index; nothing of the images' folder, no HEAD.
+    assert calls == ["ListObjectsV2"]
 
 
 def test_current_etags_list_a_folder_of_many_images_and_head_the_rest(s3):
