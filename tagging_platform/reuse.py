@@ -106,8 +106,10 @@ def lookup(
     wanted = pa.array(sorted(set(etags)), pa.string())
     if not len(wanted):
         return {}
+    if index_keys is None:
+        index_keys = _index_keys(s3_client, bucket, model)
     found: dict[str, dict[str, Any]] = {}
-    for key in index_keys if index_keys is not None else _index_keys(s3_client, bucket, model):
+    for key in index_keys:
         body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         index = pq.ParquetFile(io.BytesIO(body))
         matched = pc.is_in(index.read(columns=["etag"]).column("etag"), value_set=wanted)
@@ -177,7 +179,7 @@ def plan_reuse(
     """
     index_keys = _index_keys(s3_client, bucket, model)
     if not index_keys:
-        return Reused(tags.empty_tag_table(), list(positions), list(images))
+        return Reused(tags.empty_tag_table(), positions, images)
     etags = current_etags(s3_client, images)
     return split_by_index(s3_client, bucket, model, batch, run_id, positions, images, etags, index_keys)
 
