@@ -131,14 +131,20 @@ class EventsCursor:
 def _result(
     context: dg.SensorEvaluationContext, client, settings: Settings, found: list[intake.ManifestObject], cursor: str
 ) -> dg.SensorResult:
-    """One run per manifest version (run key = key + ETag), a new partition per new manifest key."""
+    """One run per manifest version (run key = key + ETag), a new partition per new manifest key.
+
+    A small local batch's run goes in-process (intake.run_config), as when the API launches it.
+    """
     known = set(context.instance.get_dynamic_partitions(manifests_partitions.name))
     unique = list({obj.run_key: obj for obj in found}.values())  # an event delivered twice in one tick
     partitions = [intake.partition_for(obj, settings.manifest_prefix) for obj in unique]
+
+    def prepare(partition: str, obj: intake.ManifestObject) -> dict:
+        intake.record_partition(client, settings.warehouse_bucket, partition, obj)
+        return intake.run_config(settings, intake.images_listed(client, settings, obj))
+
     with ThreadPoolExecutor(8) as pool:
-        list(
-            pool.map(lambda p, o: intake.record_partition(client, settings.warehouse_bucket, p, o), partitions, unique)
-        )
+        run_configs = list(pool.map(prepare, partitions, unique))
     new_partitions = list(dict.fromkeys(p for p in partitions if p not in known))
     run_requests = [
         dg.RunRequest(
@@ -146,8 +152,9 @@ def _result(
             job_name=tag_manifest_job.name,
             partition_key=partition,
             tags=intake.run_tags(obj, settings.manifest_prefix),
+            run_config=run_config,
         )
-        for obj, partition in zip(unique, partitions, strict=True)
+        for obj, partition, run_config in zip(unique, partitions, run_configs, strict=True)
     ]
     if run_requests:
         shown = ", ".join(partitions[:10]) + (f" and {len(partitions) - 10} more" if len(partitions) > 10 else "")

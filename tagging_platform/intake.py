@@ -12,8 +12,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tagging_platform import layout
-from tagging_platform.manifests import partition_key_for
+from tagging_platform.manifests import ManifestError, parse_manifest, partition_key_for
+from tagging_platform.planning import plan_for
 from tagging_platform.s3 import is_not_found, read_bytes
+from tagging_platform.settings import Settings
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest", ".json.gz", ".jsonl.gz", ".manifest.gz")
 
@@ -206,3 +208,44 @@ def customer_tags(obj: ManifestObject, manifest_prefix: str) -> dict[str, str]:
 def run_tags(obj: ManifestObject, manifest_prefix: str) -> dict[str, str]:
     """The tags of a manifest's run, whoever starts it (the sensor, or the API launching it itself)."""
     return {"tagging/manifest": obj.uri, "tagging/manifest_etag": obj.etag, **customer_tags(obj, manifest_prefix)}
+
+
+# The local executor's choice for a run that gains nothing from a process per step (definitions.py).
+IN_PROCESS = {"execution": {"config": {"in_process": True}}}
+# The sensor counts a manifest's images only when it is at most this large, gunzipped too: a sensor tick is no
+# place to read a large file, and a larger manifest's run simply keeps its process per step.
+COUNT_MAX_BYTES = 8 << 20
+
+
+def run_config(settings: Settings, images: int | None) -> dict[str, Any]:
+    """A batch's run config, whoever launches it: in-process when local, one chunk and at most TP_IN_PROCESS_MAX_IMAGES.
+
+    A one-chunk batch runs its steps one after another whatever the executor, so a process per step only adds
+    their starts; a batch of several chunks keeps them, to tag its chunks side by side. `images` None: not known.
+    """
+    if settings.deployment != "local" or images is None or not 0 < images <= settings.in_process_max_images:
+        return {}
+    return IN_PROCESS if plan_for(settings, images).chunks == 1 else {}
+
+
+def images_listed(s3_client, settings: Settings, obj: ManifestObject) -> int | None:
+    """How many images a manifest lists, where that can choose its run's executor (run_config); None otherwise.
+
+    Read only for the local deployment and only up to COUNT_MAX_BYTES; a manifest that cannot be read or is not
+    valid gets None, and its run's `manifest` step reports what is wrong as it always does.
+    """
+    if settings.deployment != "local" or settings.in_process_max_images == 0 or obj.size > COUNT_MAX_BYTES:
+        return None
+    try:
+        body = s3_client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')["Body"].read()
+        parsed = parse_manifest(
+            body,
+            obj.uri,
+            allowed_image_prefixes=settings.allowed_image_prefixes,
+            allowed_output_prefixes=settings.allowed_output_prefixes,
+            max_images=settings.in_process_max_images,
+            max_bytes=COUNT_MAX_BYTES,
+        )
+    except (ClientError, ManifestError):
+        return None
+    return len(parsed.image_uris)

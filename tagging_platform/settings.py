@@ -138,10 +138,11 @@ class Settings(BaseSettings):
     # that failed is retried by the sensor and one that succeeded keeps its run key's single run.
     api_launch_runs: bool = True
     api_launch_grace_s: float = 60.0
-    # A batch the API launches with at most this many images (one chunk at the default TP_MIN_CHUNK_IMAGES) runs
-    # every step in its run's own process, not a process per step: little runs side by side in it anyway, and
-    # starting the step processes costs more than its tagging. 0: every run starts a process per step.
-    in_process_max_images: int = 500
+    # A local batch of at most this many images, planned as one chunk, runs every step in its run's own process
+    # (intake.run_config): its steps run one after another anyway, and a process per step only adds their starts.
+    # Above it a step process of its own keeps a long tagging step's crash to that step (retried from its
+    # checkpoints) rather than the run. 0: every run starts a process per step.
+    in_process_max_images: int = 50_000
     sensor_max_keys_per_tick: int = 10_000
     # A listing tick also stops after the page during which this many seconds ran out, far from Dagster's
     # 60 s limit on a sensor evaluation: a page costs more the larger the bucket. The next tick resumes there.

@@ -92,7 +92,7 @@ def test_each_deployment_chooses_its_executor(deployment, executor):
 
 
 def test_the_run_config_the_api_launches_small_batches_with_is_the_local_executors():
-    from tagging_platform.api.launch import IN_PROCESS
+    from tagging_platform.intake import IN_PROCESS
 
     job = build_definitions(Settings.from_env({"TP_DEPLOYMENT": "local"})).resolve_job_def("tag_manifest")
     # A launch with config the executor refuses would leave the batch to the sensor's grace: a minute lost.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -23,8 +22,6 @@ PARTITIONS = "manifests"
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_TAG = "dagster/sensor_name"
 LAUNCHED_BY_TAG = "tagging/launched_by"
-# The local executor's choice for a small batch (definitions.py, local_step_executor).
-IN_PROCESS = {"execution": {"config": {"in_process": True}}}
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +49,6 @@ class Launcher:
             LAUNCHED_BY_TAG: "api",
         }
 
-    def run_config(self, images: int) -> dict[str, Any]:
-        if self.settings.deployment == "local" and images <= self.settings.in_process_max_images:
-            return IN_PROCESS
-        return {}
-
     def launch(self, obj: intake.ManifestObject, batch_id: str, images: int) -> str | None:
         """The run's id; None when Dagster could not launch it (the sensor requests it after the grace)."""
         try:
@@ -64,7 +56,9 @@ class Launcher:
             # What the sensor does before its run request: the record the manifest asset reads, the partition.
             intake.record_partition(self.s3, self.settings.warehouse_bucket, batch_id, obj)
             self.dagster.add_dynamic_partition(repository, PARTITIONS, batch_id)
-            return self.dagster.launch_run(repository, JOB, self.tags(obj, batch_id), self.run_config(images))
+            return self.dagster.launch_run(
+                repository, JOB, self.tags(obj, batch_id), intake.run_config(self.settings, images)
+            )
         except (DagsterError, ClientError, BotoCoreError) as exc:
             log.warning(
                 "batch %s: launching its run failed (%s); the manifest sensor requests it within %.0f s",

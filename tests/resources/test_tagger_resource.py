@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from resources import tagger
-from tagging_platform.api.launch import IN_PROCESS
+from tagging_platform.intake import IN_PROCESS
 
 
 @pytest.mark.parametrize(

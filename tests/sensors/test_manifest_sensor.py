@@ -98,3 +98,21 @@ def test_a_manifest_the_api_launches_is_left_alone_until_its_grace_is_over(
     now = obj.last_modified + settings.api_launch_grace_s + 1
     assert intake.launched_elsewhere(s3, [obj], settings.api_launch_grace_s, now=now) == ([obj], [])
     assert intake.launched_elsewhere(s3, [obj], settings.api_launch_grace_s, now=obj.last_modified + 1) == ([], [obj])
+
+
+def test_a_small_one_chunk_manifest_runs_in_process_and_any_other_keeps_a_process_per_step(
+    definitions, registered_instance, s3, settings
+):
+    cursor = _tick(definitions, registered_instance).cursor  # whatever earlier tests left in the bucket
+    batch = f"exec-{uuid.uuid4().hex[:6]}"
+    manifests = {
+        # The test settings plan at most 4 images a chunk.
+        "small": json.dumps({"images": [f"s3://images/{i}.jpg" for i in range(4)]}).encode(),
+        "two-chunks": json.dumps({"images": [f"s3://images/{i}.jpg" for i in range(5)]}).encode(),
+        "broken": b"{not json",
+    }
+    for name, body in manifests.items():
+        s3.put_object(Bucket="manifests", Key=f"{settings.manifest_prefix}{batch}-{name}.json", Body=body)
+    data = _tick(definitions, registered_instance, cursor)
+    configs = {r.partition_key.removeprefix(f"{batch}-"): r.run_config for r in data.run_requests}
+    assert configs == {"small": intake.IN_PROCESS, "two-chunks": {}, "broken": {}}

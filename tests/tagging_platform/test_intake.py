@@ -1,9 +1,12 @@
-"""The incremental manifest listing against the embedded S3 server."""
+"""The incremental manifest listing against the embedded S3 server, and what a manifest's run is launched with."""
 
+import gzip
+import json
 import uuid
 
 import pytest
 
+from tagging_platform import intake
 from tagging_platform.intake import ScanCursor, scan_manifests
 
 
@@ -115,3 +118,34 @@ def test_the_cursor_remembers_only_what_the_next_scan_could_list_again(s3, prefi
     assert [o.key for o in found] == [prefix + "recent.json"] and cursor.seen == {}
     found, cursor = scan_manifests(s3, "manifests", prefix, ScanCursor())
     assert list(cursor.seen) == [prefix + "recent.json"]
+
+
+def test_only_a_local_one_chunk_batch_within_the_limit_runs_in_process(settings):
+    # The test settings plan at most 4 images a chunk.
+    assert intake.run_config(settings, 4) == intake.IN_PROCESS
+    assert intake.run_config(settings, 5) == {}  # two chunks: each its own step process, side by side
+    assert intake.run_config(settings.replace(in_process_max_images=3), 4) == {}
+    assert intake.run_config(settings.replace(in_process_max_images=0), 1) == {}
+    assert intake.run_config(settings.replace(deployment="k8s"), 4) == {}  # a pod per step there, always
+    assert intake.run_config(settings, None) == intake.run_config(settings, 0) == {}
+
+
+def _listed(s3, settings, body: bytes, suffix: str = ".json") -> int | None:
+    key = f"count-{uuid.uuid4().hex[:8]}{suffix}"
+    s3.put_object(Bucket="manifests", Key=key, Body=body)
+    [obj] = [o for o in scan_manifests(s3, "manifests", key, ScanCursor())[0] if o.key == key]
+    return intake.images_listed(s3, settings, obj)
+
+
+def test_the_sensor_counts_a_small_manifests_images_in_any_format_and_gives_up_on_the_rest(s3, settings):
+    images = [f"s3://images/{i}.jpg" for i in range(3)]
+    assert _listed(s3, settings, json.dumps({"images": images}).encode()) == 3
+    lines = "".join(json.dumps({"source-ref": uri}) + "\n" for uri in images).encode()
+    assert _listed(s3, settings, gzip.compress(lines), ".jsonl.gz") == 3
+    # Not valid, or more images than an in-process run takes: no count, and the run keeps a process per step
+    # (its manifest step reports what is wrong with an invalid manifest, as it always did).
+    assert _listed(s3, settings, b"{not json") is None
+    assert _listed(s3, settings.replace(in_process_max_images=2), json.dumps({"images": images}).encode()) is None
+    # A manifest larger than the sensor reads is never read.
+    obj = intake.ManifestObject("manifests", "absent.json", "0" * 32, intake.COUNT_MAX_BYTES + 1, 0.0)
+    assert intake.images_listed(s3, settings, obj) is None
