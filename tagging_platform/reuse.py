@@ -48,8 +48,10 @@ INDEX_SCHEMA = pa.schema(
         pa.field("precision", pa.string()),
     ]
 )
-# A folder holding at least this many of a chunk's images is listed instead of HEADing each image.
+# A folder holding at least this many of a manifest's images is listed instead of HEADing each image.
 _LIST_AT_LEAST = 50
+# Keys in one page of ListObjectsV2, S3's most.
+_LIST_PAGE = 1000
 # Row groups small enough that a lookup's matches are read without the rest of a large batch's tags.
 _ROW_GROUP = 4096
 
@@ -233,28 +235,43 @@ def current_etags(s3_client, uris: list[str], workers: int = 16) -> list[str | N
     """Each image's ETag now (None where it cannot be read), with as few requests as the layout allows.
 
     Images usually sit side by side under a few folders: a folder with many of them is listed (1,000 keys a
-    request, from just before its first image to its last) rather than asked about one image at a time. What
-    a bounded listing does not find (a sparse folder, a missing object) gets one HEAD each, in parallel.
+    request, from just before its first image to its last, in ranges of 1,000 images listed in parallel) rather
+    than asked about one image at a time. What a bounded listing does not find (a sparse folder, a missing
+    object) gets one HEAD each, in parallel.
     """
     found: dict[str, str] = {}
     folders: dict[tuple[str, str], list[str]] = {}
     for uri in uris:
         bucket, key = split_uri(uri)
         folders.setdefault((bucket, key.rpartition("/")[0] + "/" if "/" in key else ""), []).append(key)
-    for (bucket, folder), keys in folders.items():
-        if len(keys) >= _LIST_AT_LEAST:
-            found.update(_listed_etags(s3_client, bucket, folder, keys))
-    rest = [uri for uri in uris if uri not in found]
-    with ThreadPoolExecutor(workers, thread_name_prefix="head") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="etags") as pool:
+        for listed in pool.map(lambda job: _listed_etags(s3_client, *job), _listing_ranges(folders)):
+            found.update(listed)
+        rest = [uri for uri in uris if uri not in found]
         found.update(zip(rest, pool.map(lambda uri: _head_etag(s3_client, uri), rest)))
     return [found.get(uri) for uri in uris]
 
 
+def _listing_ranges(folders: dict[tuple[str, str], list[str]]) -> list[tuple[str, str, list[str]]]:
+    """(bucket, folder, sorted keys) for each page's worth of keys in each folder worth listing.
+
+    A listing is a request per page, one after another: ranges listed side by side take a few requests' time
+    for a large manifest, not all of them.
+    """
+    ranges = []
+    for (bucket, folder), keys in folders.items():
+        if len(keys) >= _LIST_AT_LEAST:
+            ordered = sorted(set(keys))
+            ranges += [(bucket, folder, ordered[i : i + _LIST_PAGE]) for i in range(0, len(ordered), _LIST_PAGE)]
+    return ranges
+
+
 def _listed_etags(s3_client, bucket: str, folder: str, keys: list[str]) -> dict[str, str]:
-    wanted, first, last = set(keys), min(keys), max(keys)
+    """The ETags of `keys` (sorted) in one folder, listed from just before the first to the last."""
+    wanted, first, last = set(keys), keys[0], keys[-1]
     etags: dict[str, str] = {}
     # A folder where these keys are a small minority would take many pages: stop and let HEADs do the rest.
-    pages = 2 * math.ceil(len(keys) / 1000) + 1
+    pages = 2 * math.ceil(len(keys) / _LIST_PAGE) + 1
     paginator = s3_client.get_paginator("list_objects_v2")
     # first[:-1] sorts just before `first` (it is its prefix): the listing starts at the chunk's first image.
     start = {"StartAfter": first[:-1]} if first[:-1] else {}

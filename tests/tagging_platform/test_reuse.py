@@ -1,6 +1,9 @@
 """Reuse of earlier tags by (ETag, model version): the index in the warehouse and chunks that consult it."""
 
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -194,6 +197,36 @@ def test_current_etags_list_a_folder_of_many_images_and_head_the_rest(s3):
     got = reuse.current_etags(s3, uris)
     assert got[:55] == [etags[f"{folder}{i:03d}.jpg"] for i in range(5, 60)]
     assert got[55:] == [None, etags[elsewhere], None]
+
+
+def test_a_large_folder_is_listed_in_ranges_side_by_side(s3, settings, monkeypatch):
+    # Ranges of 40 keys instead of a page's 1,000: 100 images make three of them.
+    monkeypatch.setattr(reuse, "_LIST_PAGE", 40, raising=False)
+    folder = f"ranges-{uuid.uuid4().hex[:6]}/"
+    keys = [f"{folder}{i:03d}.jpg" for i in range(100)]
+    with ThreadPoolExecutor(8) as pool:
+        etags = list(pool.map(lambda key: s3.put_object(Bucket="images", Key=key, Body=key.encode())["ETag"], keys))
+    client = make_client(settings)
+    lock, starts, in_flight, most = threading.Lock(), [], [0], [0]
+
+    def sent(params, **_):
+        with lock:
+            starts.append(params.get("StartAfter"))
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.3)  # long enough for the other ranges' requests to be sent meanwhile
+
+    def answered(**_):
+        with lock:
+            in_flight[0] -= 1
+
+    client.meta.events.register("before-parameter-build.s3.ListObjectsV2", sent)
+    client.meta.events.register("after-call.s3.ListObjectsV2", answered)
+    got = reuse.current_etags(client, [f"s3://images/{key}" for key in reversed(keys)])
+    assert got == [etag.strip('"') for etag in reversed(etags)]
+    # Each range starts just before its own first image, and they were in flight together.
+    assert sorted(starts) == [f"{folder}000.jp", f"{folder}040.jp", f"{folder}080.jp"]
+    assert most[0] > 1
 
 
 def _body(s3, uri: str) -> bytes:
