@@ -1,5 +1,5 @@
-"""Processes dying under a running batch: a tag_chunk step killed mid-chunk, the daemon and the webserver
-restarted, PostgreSQL (Dagster's storage) dropping every connection."""
+"""Processes dying under a running batch: a tag_chunk step killed mid-chunk, a one-chunk run's own process killed,
+the daemon and the webserver restarted, PostgreSQL (Dagster's storage) dropping every connection."""
 
 import io
 import os
@@ -13,6 +13,7 @@ import pytest
 
 from tests.faults.conftest import (
     CHECKPOINT_IMAGES,
+    CHUNK_IMAGES,
     MarkerWatcher,
     assert_every_image_once,
     image_key_matcher,
@@ -97,6 +98,63 @@ def test_a_tag_chunk_process_killed_after_a_checkpoint_is_retried_tagging_only_t
     assert (retry_output["resumed"].value, retry_output["tagged_this_attempt"].value) == (1, 1)
     assert retry_output["attempt"].value == 1
     assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+
+
+def test_a_one_chunk_run_killed_in_process_after_a_checkpoint_is_rerun_tagging_only_the_rest(
+    platform, manifest_photographs, fault_results
+):
+    # One chunk's worth of images: the run executes every step in its own process (intake.run_config), so the
+    # kill takes the whole run, not one step. The code server reports the run failed, the instance's run
+    # retries start it again from the failure, and that run's tag_chunk resumes from the committed part.
+    uris = platform.upload_images(manifest_photographs)[:CHUNK_IMAGES]
+    partition = f"inprocess-{uuid.uuid4().hex[:6]}"
+    reached, release = platform.proxy.hold(image_key_matcher(uris[1:2]))
+    with MarkerWatcher(platform, partition, {}) as watcher:
+        submit_watched(platform, partition, uris, watcher)
+        wait_for(reached.is_set, 420, "the chunk to fetch its second image")
+        killed_run, pid = wait_for(lambda: _in_process_run(platform, partition), 60, "the run's in-process executor")
+        committed = wait_for(lambda: _chunk_parts(platform, partition, 0), 120, "the chunk's first checkpoint")
+        os.kill(pid, signal.SIGKILL)
+        release.set()
+        runs = platform.wait_for_success(partition)
+    [rerun] = [r.run_id for r in runs if r.run_id != killed_run]
+    [output] = [
+        e.event_specific_data.metadata
+        for e in platform.step_events(rerun, "STEP_OUTPUT")
+        if e.step_key.startswith("image_tags.tag_chunk")
+    ]
+    committed_positions = {p for positions in committed.values() for p in positions}
+    retagged = sum(
+        len(set(positions) & committed_positions)
+        for key, positions in _chunk_parts(platform, partition, 0).items()
+        if key not in committed
+    )
+    assert_every_image_once(
+        platform,
+        fault_results,
+        "one_chunk_run_killed_in_process_after_a_checkpoint",
+        partition,
+        uris,
+        watcher,
+        runs,
+        checkpoint_images=CHECKPOINT_IMAGES,
+        committed_before_kill=len(committed_positions),
+        tagged_by_rerun=output["tagged_this_attempt"].value,
+        resumed_by_rerun=output["resumed"].value,
+        retagged_after_kill=retagged,
+    )
+    assert [r.status for r in reversed(runs)] == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS]
+    assert len(committed_positions) == 1 and retagged == 0
+    assert (output["resumed"].value, output["tagged_this_attempt"].value) == (1, 1)
+
+
+def _in_process_run(platform, partition: str) -> tuple[str, int] | None:
+    """(run id, pid) of the partition's run executing its steps in its own process, once it has said so."""
+    for run in platform.runs(partition):
+        for event in platform.step_events(run.run_id, "ENGINE_EVENT"):
+            if event.message.startswith("Executing steps in process"):
+                return run.run_id, int(event.event_specific_data.metadata["pid"].value)
+    return None
 
 
 def _chunk_parts(platform, partition: str, index: int) -> dict[str, list[int]]:
