@@ -138,10 +138,12 @@ def _result(
     known = set(context.instance.get_dynamic_partitions(manifests_partitions.name))
     unique = list({obj.run_key: obj for obj in found}.values())  # an event delivered twice in one tick
     partitions = [intake.partition_for(obj, settings.manifest_prefix) for obj in unique]
+    counted = intake.worth_counting(unique)
 
     def prepare(partition: str, obj: intake.ManifestObject) -> dict:
         intake.record_partition(client, settings.warehouse_bucket, partition, obj)
-        return intake.run_config(settings, intake.images_listed(client, settings, obj))
+        images = intake.images_listed(client, settings, obj) if obj.run_key in counted else None
+        return intake.run_config(settings, images)
 
     with ThreadPoolExecutor(8) as pool:
         run_configs = list(pool.map(prepare, partitions, unique))

@@ -215,6 +215,9 @@ IN_PROCESS = {"execution": {"config": {"in_process": True}}}
 # The sensor counts a manifest's images only when it is at most this large, gunzipped too: a sensor tick is no
 # place to read a large file, and a larger manifest's run simply keeps its process per step.
 COUNT_MAX_BYTES = 8 << 20
+# And one tick reads at most this many bytes of manifests in all: a tick that finds many leaves the rest with a
+# process per step rather than spend its time reading them.
+COUNT_MAX_BYTES_PER_TICK = 32 << 20
 
 
 def run_config(settings: Settings, images: int | None) -> dict[str, Any]:
@@ -226,6 +229,16 @@ def run_config(settings: Settings, images: int | None) -> dict[str, Any]:
     if settings.deployment != "local" or images is None or not 0 < images <= settings.in_process_max_images:
         return {}
     return IN_PROCESS if plan_for(settings, images).chunks == 1 else {}
+
+
+def worth_counting(found: list[ManifestObject]) -> set[str]:
+    """The run keys of the manifests a sensor tick counts the images of: in order, while their bytes fit the tick's."""
+    keys, total = set(), 0
+    for obj in found:
+        if obj.size <= COUNT_MAX_BYTES and total + obj.size <= COUNT_MAX_BYTES_PER_TICK:
+            keys.add(obj.run_key)
+            total += obj.size
+    return keys
 
 
 def images_listed(s3_client, settings: Settings, obj: ManifestObject) -> int | None:

@@ -149,3 +149,14 @@ def test_the_sensor_counts_a_small_manifests_images_in_any_format_and_gives_up_o
     # A manifest larger than the sensor reads is never read.
     obj = intake.ManifestObject("manifests", "absent.json", "0" * 32, intake.COUNT_MAX_BYTES + 1, 0.0)
     assert intake.images_listed(s3, settings, obj) is None
+
+
+def test_a_tick_counts_the_images_of_manifests_only_while_their_bytes_fit_its_budget():
+    def manifest(name: str, size: int) -> intake.ManifestObject:
+        return intake.ManifestObject("manifests", f"{name}.json", "0" * 32, size, 0.0)
+
+    per_tick = intake.COUNT_MAX_BYTES_PER_TICK // intake.COUNT_MAX_BYTES
+    found = [manifest(f"full-{i}", intake.COUNT_MAX_BYTES) for i in range(per_tick)]
+    found.insert(1, manifest("too-large", intake.COUNT_MAX_BYTES + 1))
+    found.append(manifest("past-the-budget", 1))
+    assert intake.worth_counting(found) == {f"full-{i}.json@{'0' * 32}" for i in range(per_tick)}
