@@ -273,7 +273,7 @@ def _listed_etags(s3_client, bucket: str, folder: str, keys: list[str]) -> dict[
     # A folder where these keys are a small minority would take many pages: stop and let HEADs do the rest.
     pages = 2 * math.ceil(len(keys) / _LIST_PAGE) + 1
     paginator = s3_client.get_paginator("list_objects_v2")
-    # first[:-1] sorts just before `first` (it is its prefix): the listing starts at the chunk's first image.
+    # first[:-1] sorts just before `first` (it is its prefix): the listing starts at the range's first image.
     start = {"StartAfter": first[:-1]} if first[:-1] else {}
     for page in paginator.paginate(Bucket=bucket, Prefix=folder, PaginationConfig={"MaxItems": pages * 1000}, **start):
         for item in page.get("Contents", []):

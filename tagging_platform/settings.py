@@ -140,8 +140,8 @@ class Settings(BaseSettings):
     api_launch_grace_s: float = 60.0
     # A local batch of at most this many images, planned as one chunk, runs every step in its run's own process
     # (intake.run_config): its steps run one after another anyway, and a process per step only adds their starts.
-    # Above it a step process of its own keeps a long tagging step's crash to that step (retried from its
-    # checkpoints) rather than the run. 0: every run starts a process per step.
+    # Above it a step process of its own keeps a long tagging step's crash to that step, retried within the run
+    # from its checkpoints, rather than failing the run for the instance's run retries. 0: a process per step always.
     in_process_max_images: int = 50_000
     sensor_max_keys_per_tick: int = 10_000
     # A listing tick also stops after the page during which this many seconds ran out, far from Dagster's
